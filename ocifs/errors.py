@@ -1,0 +1,95 @@
+"""The exception tree of ocifs.
+
+Every error a user can meet is an :class:`OcifsError` whose ``str()`` is one clear line saying
+what went wrong, and whose ``hint`` (optional) says what to do. Lower layers raise these;
+the CLI prints them (no traceback unless ``--debug``), the filesystem maps them to errno.
+Third-party exceptions (httpx, OSError from the cache) are translated at the layer edge that
+meets them and never escape as themselves.
+"""
+
+from __future__ import annotations
+
+
+class OcifsError(Exception):
+    """Base of every error ocifs reports to a user.
+
+    ``message`` is one line; ``hint`` is an optional short suggestion appended after ": ".
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}: {self.hint}"
+        return self.message
+
+
+class UsageError(OcifsError):
+    """The user asked for something that cannot be done as asked (bad flag value, bad path)."""
+
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """A reference string does not follow ``registry/repo[:tag][@digest]``."""
+
+
+class InvalidDigest(OcifsError):
+    """A digest string is malformed or uses an unsupported algorithm."""
+
+
+class FormatError(OcifsError):
+    """A manifest or chunk index violates docs/spec.md (hostile or broken artifact)."""
+
+
+class IntegrityError(OcifsError):
+    """Bytes did not match the digest that names them. Never served, never cached."""
+
+
+class ConfigError(OcifsError):
+    """A configuration or credentials file is unreadable or malformed."""
+
+
+class RegistryError(OcifsError):
+    """A registry refused or failed a request.
+
+    ``status`` is the HTTP status (0 when no response was received), ``code`` the first OCI
+    error code of the body (e.g. ``MANIFEST_UNKNOWN``) when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int = 0,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+
+
+class AuthenticationError(RegistryError):
+    """Credentials are missing or wrong (HTTP 401 after the auth flow)."""
+
+
+class PermissionDenied(RegistryError):
+    """Credentials are valid but do not allow the action (HTTP 403, DENIED)."""
+
+
+class NotFound(RegistryError):
+    """The repository, manifest, tag or blob does not exist (HTTP 404)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or kept failing after every retry."""
+
+
+class CacheError(OcifsError):
+    """The local chunk cache cannot be used (unwritable, full, corrupt beyond repair)."""

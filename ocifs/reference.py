@@ -1,0 +1,163 @@
+"""Parsing of image references: ``[registry/]repository[:tag][@digest]``.
+
+Follows the grammar of distribution's ``reference`` package and Docker's defaults: with no
+registry component the registry is Docker Hub (``registry-1.docker.io``) and a single-component
+repository gets the ``library/`` prefix; with neither tag nor digest the tag is ``latest``.
+A first component is a registry when it contains ``.`` or ``:`` or is ``localhost``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ocifs.digest import Digest
+from ocifs.errors import InvalidDigest, InvalidReference
+
+DOCKER_HUB = "registry-1.docker.io"
+_DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+# distribution/reference: path components and tags.
+_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*$"
+)
+_MAX_NAME_LENGTH = 255  # distribution's NameTotalLengthMax
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A parsed reference. ``tag`` and ``digest`` may both be set; the digest then wins."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def selector(self) -> str:
+        """What to put after ``/manifests/``: the digest if pinned, else the tag."""
+        if self.digest is not None:
+            return str(self.digest)
+        return self.tag or "latest"
+
+    def with_digest(self, digest: Digest) -> Reference:
+        """The same reference pinned to ``digest`` (the tag is kept for display)."""
+        return Reference(self.registry, self.repository, self.tag, digest)
+
+    def with_repository(self, repository: str) -> Reference:
+        """The same registry with another repository, no tag or digest."""
+        return Reference(self.registry, repository)
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def is_loopback_host(registry: str) -> bool:
+    """Whether ``registry`` (``host[:port]``) names this machine (plain HTTP allowed by default)."""
+    host = split_host_port(registry)[0]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(registry: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` (IPv6 literals in brackets) into host and port."""
+    if registry.startswith("["):
+        host, _, rest = registry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = registry.partition(":")
+    return host, int(port) if port else None
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``text`` into a :class:`Reference` or raise :class:`InvalidReference` saying why."""
+    if not isinstance(text, str) or not text:
+        raise InvalidReference("empty reference", hint="expected REGISTRY/REPOSITORY[:TAG][@DIGEST]")
+    if any(c.isspace() or ord(c) < 0x20 for c in text):
+        raise InvalidReference(f"invalid reference {text!r}: contains whitespace or control characters")
+    if "://" in text:
+        raise InvalidReference(
+            f"invalid reference {text!r}: no URL scheme", hint="write HOST[:PORT]/REPOSITORY[:TAG], e.g. localhost:5000/models/llama:v1"
+        )
+
+    remainder = text
+    digest: Digest | None = None
+    if "@" in remainder:
+        remainder, _, digest_text = remainder.partition("@")
+        try:
+            digest = Digest.parse(digest_text)
+        except InvalidDigest as exc:
+            raise InvalidReference(f"invalid reference {text!r}: {exc.message}") from None
+
+    tag: str | None = None
+    last_slash = remainder.rfind("/")
+    colon = remainder.rfind(":")
+    if colon > last_slash:
+        remainder, tag = remainder[:colon], remainder[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise InvalidReference(
+                f"invalid reference {text!r}: bad tag {tag!r}",
+                hint="a tag is 1-128 of [A-Za-z0-9_.-] and does not start with . or -",
+            )
+
+    if not remainder:
+        raise InvalidReference(f"invalid reference {text!r}: no repository")
+    first, sep, rest = remainder.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        registry, repository = first, rest
+        _check_registry(registry, text)
+    else:
+        registry, repository = DOCKER_HUB, remainder
+
+    if registry in _DOCKER_HUB_ALIASES:
+        registry = DOCKER_HUB
+        if "/" not in repository:
+            repository = f"library/{repository}"
+
+    if not repository:
+        raise InvalidReference(f"invalid reference {text!r}: no repository after the registry")
+    for component in repository.split("/"):
+        if not _COMPONENT_RE.match(component):
+            raise InvalidReference(
+                f"invalid reference {text!r}: bad repository component {component!r}",
+                hint="repository names are lowercase letters, digits and separators . _ __ -",
+            )
+    if len(repository) > _MAX_NAME_LENGTH:
+        raise InvalidReference(f"invalid reference {text!r}: repository name longer than {_MAX_NAME_LENGTH}")
+
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(registry, repository, tag, digest)
+
+
+def parse_repository(text: str, registry: str) -> str:
+    """Validate a bare repository name (e.g. ``--from REPO``) on ``registry``."""
+    return parse_reference(f"{registry}/{text}").repository
+
+
+def _check_registry(registry: str, text: str) -> None:
+    try:
+        host, port = split_host_port(registry)
+    except ValueError:
+        raise InvalidReference(f"invalid reference {text!r}: bad port in {registry!r}") from None
+    if port is not None and not 0 < port < 65536:
+        raise InvalidReference(f"invalid reference {text!r}: port {port} out of range")
+    if registry.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise InvalidReference(f"invalid reference {text!r}: bad IPv6 address {host!r}") from None
+    elif not _HOST_RE.match(host):
+        raise InvalidReference(f"invalid reference {text!r}: bad registry host {host!r}")
