@@ -1,0 +1,734 @@
+"""An OCI distribution API client on one ``httpx.AsyncClient`` running under trio.
+
+One :class:`RegistryClient` talks to one registry host and may be shared by every task of a
+process (it is concurrency-safe: httpx pools connections, the token authority serialises
+refreshes). Every request goes through :meth:`RegistryClient._exchange`, which applies auth,
+retries transient failures (policy in :mod:`ocifs.registry.retry`) and translates every
+failure into an :mod:`ocifs.errors` exception naming registry, repository and what to do.
+
+Contracts:
+- Blob bodies returned by :meth:`get_blob` have exactly the expected length; digest checks are
+  the caller's job (the fetcher does them in threads) except for manifests fetched by digest,
+  which are verified here.
+- ``Authorization`` is never sent to a redirect target on another host (httpx strips it when
+  the origin changes; tests hold it to that).
+- No secret (password, token, Authorization header) ever appears in a log line or error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpcore
+import httpx
+import trio
+
+from ocifs import __version__
+from ocifs.digest import Digest
+from ocifs.errors import (
+    AuthenticationError,
+    IntegrityError,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+    RegistryUnavailable,
+    UsageError,
+)
+from ocifs.reference import is_loopback_host
+from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
+from ocifs.registry.credentials import Credentials
+from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
+
+# distribution, zot, Harbor and oras-go refuse manifests above 4 MiB; so do we when reading.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+# httpcore reads 64 KiB per receive; on trio that costs ~4.4 CPU-s/GiB and caps a blob GET near
+# 230 MiB/s on this 2-core machine, where 1 MiB receives reach 650-760 MiB/s
+# (../shared/design.md §7). httpcore exposes no option for it, so the class default is raised.
+httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+# Registries that refuse a monolithic PUT get the upload as PATCH pieces of this size:
+# GHCR rejects PATCH bodies over 4 MiB (../shared/registries.md).
+PATCH_PIECE = 4 * 1024 * 1024
+_FALLBACK_TO_PATCH_STATUS = frozenset({400, 405, 411, 413, 416})
+_BODY_EXCERPT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """How to reach a registry.
+
+    Plain HTTP is used for loopback registries unless a CA file or ``insecure`` asks for TLS,
+    and elsewhere only with ``plain_http``. TLS is verified unless ``insecure``.
+    """
+
+    plain_http: bool = False
+    ca_file: str | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    # A stalled body is abandoned after this long without a byte, then retried.
+    read_timeout: float = 60.0
+    max_connections: int = 32
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def scheme_for(self, registry: str) -> str:
+        if self.plain_http:
+            return "http"
+        if is_loopback_host(registry) and not (self.ca_file or self.insecure):
+            return "http"
+        return "https"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A manifest's exact bytes as stored, its media type and its digest (sha256 of the bytes)."""
+
+    data: bytes
+    media_type: str
+    digest: Digest
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Request counters of one client (for tests, benchmarks and ``ocifs status``)."""
+
+    requests: int = 0
+    retries: int = 0
+    blob_gets: int = 0
+    blob_bytes: int = 0
+    uploads: int = 0
+    uploaded_bytes: int = 0
+    mounts: int = 0
+
+
+class RegistryClient:
+    """The distribution API of one registry. Use as ``async with RegistryClient(...) as c``."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: Credentials | None = None,
+        options: ClientOptions | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.registry = registry
+        self.options = options or ClientOptions()
+        self.base_url = f"{self.options.scheme_for(registry)}://{registry}"
+        self.stats = ClientStats()
+        self._credentials = credentials
+        self._challenge: Challenge | None = None
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=_ssl_context(self.options) if transport is None else True,
+            timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=self.options.max_connections,
+                max_keepalive_connections=self.options.max_connections,
+            ),
+            follow_redirects=True,
+            headers={"User-Agent": f"ocifs/{__version__}"},
+            transport=transport,
+        )
+        self._tokens = TokenAuthority(registry, credentials, self._send_raw)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def token_requests(self) -> int:
+        """How many tokens this client fetched (tests check they are cached)."""
+        return self._tokens.token_requests
+
+    # -- API ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """``GET /v2/``: the registry speaks the API and our credentials (if any) are accepted."""
+        await self._exchange("GET", "/v2/", repository=None, actions="", expected=(200,), consume=_discard)
+
+    async def get_manifest(
+        self, repository: str, selector: str, accept: Sequence[str] = MANIFEST_MEDIA_TYPES
+    ) -> Manifest:
+        """Fetch a manifest by tag or digest; a manifest asked for by digest is verified."""
+
+        async def read(response: httpx.Response) -> bytes:
+            return await _read_capped(response, MAX_MANIFEST_BYTES, f"manifest {selector} in {repository}")
+
+        data, response = await self._exchange(
+            "GET",
+            f"/v2/{repository}/manifests/{selector}",
+            repository=repository,
+            actions="pull",
+            headers={"Accept": ", ".join(accept)},
+            consume=read,
+            with_response=True,
+            what=f"manifest {selector}",
+        )
+        digest = Digest.of_bytes(data)
+        if selector.startswith("sha") and ":" in selector:
+            wanted = Digest.parse(selector)
+            if not wanted.matches(data):
+                raise IntegrityError(
+                    f"{self.registry}/{repository}: manifest {selector} does not match its digest",
+                    hint="the registry or a proxy altered it; do not trust this registry",
+                )
+            digest = wanted
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if not media_type:
+            media_type = _media_type_of(data)
+        return Manifest(data, media_type, digest)
+
+    async def head_manifest(self, repository: str, selector: str) -> Digest | None:
+        """The digest of a manifest (from ``Docker-Content-Digest``), or None if it does not exist."""
+        try:
+            response = await self._exchange(
+                "HEAD",
+                f"/v2/{repository}/manifests/{selector}",
+                repository=repository,
+                actions="pull",
+                headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+                consume=_keep,
+                what=f"manifest {selector}",
+            )
+        except NotFound:
+            return None
+        header = response.headers.get("docker-content-digest")
+        return Digest.parse(header) if header else None
+
+    async def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> Digest:
+        """Store ``data`` under a tag or its digest; returns the digest (sha256 of the bytes)."""
+        digest = Digest.of_bytes(data)
+        await self._exchange(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            repository=repository,
+            actions="pull,push",
+            headers={"Content-Type": media_type},
+            content=data,
+            expected=(200, 201, 202),
+            consume=_discard,
+            what=f"manifest for {reference}",
+        )
+        return digest
+
+    async def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """``HEAD`` a blob: its size if the repository has it, None if not."""
+        try:
+            response = await self._exchange(
+                "HEAD",
+                f"/v2/{repository}/blobs/{digest}",
+                repository=repository,
+                actions="pull",
+                consume=_keep,
+                what=f"blob {digest.short}",
+            )
+        except NotFound:
+            return None
+        length = response.headers.get("content-length")
+        return int(length) if length and length.isdigit() else 0
+
+    async def get_blob(self, repository: str, digest: Digest, size: int | None = None) -> bytes:
+        """The whole blob. With ``size`` the body must have exactly that length (else retried).
+
+        The digest is not checked here: the caller hashes (in a thread) before trusting bytes.
+        """
+        self.stats.blob_gets += 1
+
+        async def read(response: httpx.Response) -> bytes:
+            return await _read_exact(response, size, f"blob {digest.short}")
+
+        data: bytes = await self._exchange(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            repository=repository,
+            actions="pull",
+            consume=read,
+            what=f"blob {digest.short}",
+        )
+        self.stats.blob_bytes += len(data)
+        return data
+
+    async def get_blob_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a blob by a ``Range`` request.
+
+        ``Range`` is only a SHOULD: a registry answering 200 with the whole body is handled by
+        reading up to ``end`` and slicing (the rest of the body is not downloaded).
+        """
+        if not 0 <= start < end:
+            raise ValueError(f"bad range [{start}, {end})")
+        self.stats.blob_gets += 1
+
+        async def read(response: httpx.Response) -> bytes:
+            if response.status_code == 206:
+                return await _read_exact(response, end - start, f"blob {digest.short} range")
+            prefix = await _read_prefix(response, end)
+            if len(prefix) < end:
+                raise RegistryError(
+                    f"{self.registry}/{repository}: blob {digest.short} is shorter than {end} bytes",
+                    status=response.status_code,
+                )
+            return prefix[start:end]
+
+        data: bytes = await self._exchange(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            repository=repository,
+            actions="pull",
+            headers={"Range": f"bytes={start}-{end - 1}"},
+            expected=(200, 206),
+            consume=read,
+            what=f"blob {digest.short}",
+        )
+        self.stats.blob_bytes += len(data)
+        return data
+
+    async def upload_blob(
+        self, repository: str, digest: Digest, data: bytes | memoryview, *, mount_from: str | None = None
+    ) -> str:
+        """Store ``data`` as blob ``digest``. Returns ``"mounted"`` or ``"uploaded"``.
+
+        With ``mount_from`` the registry is first asked to mount the blob from that repository
+        (201 = done without sending a byte; 202 = it started an ordinary upload instead, which
+        is then used). The upload is POST + one monolithic PUT ``?digest=``; a registry that
+        refuses a monolithic PUT gets ordered PATCH pieces instead. A session the registry lost
+        (``BLOB_UPLOAD_UNKNOWN``) is restarted once.
+        """
+        body = bytes(data) if isinstance(data, memoryview) else data
+        for session_attempt in range(2):
+            location, mounted = await self._start_upload(repository, digest, mount_from)
+            if mounted:
+                self.stats.mounts += 1
+                return "mounted"
+            try:
+                await self._finish_upload(repository, digest, body, location)
+            except RegistryError as exc:
+                if exc.code in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID") and session_attempt == 0:
+                    log.debug("upload session for %s lost (%s); restarting", digest.short, exc.code)
+                    continue
+                raise
+            self.stats.uploads += 1
+            self.stats.uploaded_bytes += len(body)
+            return "uploaded"
+        raise AssertionError("unreachable")
+
+    async def list_tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository``, following ``Link`` pagination."""
+        tags: list[str] = []
+        url: str | None = f"/v2/{repository}/tags/list?n=1000"
+        pages = 0
+        while url is not None and pages < 10_000:
+            pages += 1
+            response = await self._exchange(
+                "GET",
+                url,
+                repository=repository,
+                actions="pull",
+                consume=_read_json_response,
+                what="tag list",
+                with_response=True,
+            )
+            body, raw = response
+            page = body.get("tags") if isinstance(body, dict) else None
+            if page is not None and not (isinstance(page, list) and all(isinstance(t, str) for t in page)):
+                raise RegistryError(f"{self.registry}/{repository}: malformed tag list")
+            tags.extend(page or [])
+            url = _next_link(raw.headers.get("link"))
+        return tags
+
+    # -- uploads --------------------------------------------------------------------------
+
+    async def _start_upload(self, repository: str, digest: Digest, mount_from: str | None) -> tuple[str, bool]:
+        params: dict[str, str] = {}
+        extra_scopes: tuple[str, ...] = ()
+        if mount_from and mount_from != repository:
+            params = {"mount": str(digest), "from": mount_from}
+            extra_scopes = (repository_scope(mount_from, "pull"),)
+        response = await self._exchange(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            repository=repository,
+            actions="pull,push",
+            params=params,
+            extra_scopes=extra_scopes,
+            expected=(201, 202),
+            consume=_keep,
+            what=f"upload of {digest.short}",
+            headers={"Content-Length": "0"},
+        )
+        if response.status_code == 201:
+            return "", True
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"{self.registry}/{repository}: upload started without a Location header")
+        return str(response.url.join(location)), False
+
+    async def _finish_upload(self, repository: str, digest: Digest, body: bytes, location: str) -> None:
+        try:
+            await self._exchange(
+                "PUT",
+                _with_query(location, {"digest": str(digest)}),
+                repository=repository,
+                actions="pull,push",
+                content=body,
+                expected=(201, 204),
+                headers={"Content-Type": "application/octet-stream"},
+                consume=_discard,
+                what=f"upload of {digest.short}",
+            )
+            return
+        except RegistryError as exc:
+            if exc.status not in _FALLBACK_TO_PATCH_STATUS or exc.code == "DIGEST_INVALID":
+                raise
+            log.info("%s refused a monolithic upload (HTTP %s); using PATCH pieces", self.registry, exc.status)
+        location, _ = await self._start_upload(repository, digest, None)
+        offset = 0
+        while offset < len(body):
+            piece = body[offset : offset + PATCH_PIECE]
+            response = await self._exchange(
+                "PATCH",
+                location,
+                repository=repository,
+                actions="pull,push",
+                content=piece,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                },
+                expected=(202,),
+                consume=_keep,
+                what=f"upload of {digest.short}",
+            )
+            offset += len(piece)
+            next_location = response.headers.get("location")
+            if next_location:
+                location = str(response.url.join(next_location))
+        await self._exchange(
+            "PUT",
+            _with_query(location, {"digest": str(digest)}),
+            repository=repository,
+            actions="pull,push",
+            expected=(201, 204),
+            consume=_discard,
+            what=f"upload of {digest.short}",
+        )
+
+    # -- the request engine ---------------------------------------------------------------
+
+    async def _send_raw(self, request: httpx.Request) -> httpx.Response:
+        """One request, body read, no auth and no retries (used by the token authority)."""
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(
+                f"cannot reach the token service {request.url.host}: {_describe_transport_error(exc)}"
+            ) from None
+        return response
+
+    async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return basic_header(self._credentials) if self._credentials else None
+        token = self._tokens.cached(challenge, scopes)
+        if token is None:
+            token = await self._tokens.token(challenge, scopes)
+        return f"Bearer {token}"
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        repository: str | None,
+        actions: str,
+        consume: Callable[[httpx.Response], Awaitable[T]],
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        expected: Sequence[int] = (200,),
+        extra_scopes: tuple[str, ...] = (),
+        what: str = "",
+        with_response: bool = False,
+    ) -> Any:
+        """Send a request with auth and retries, and hand the response to ``consume``.
+
+        ``consume`` reads the body inside the retry loop, so a connection lost mid-body is
+        retried like a refused connection. Returns what ``consume`` returns (with the response
+        too if ``with_response``). Non-expected statuses become :mod:`ocifs.errors` exceptions.
+        """
+        scopes = ((repository_scope(repository, actions),) if repository and actions else ()) + extra_scopes
+        policy = self.options.retry
+        auth_retried = False
+        attempt = 0
+        while True:
+            attempt += 1
+            request_headers = dict(headers or {})
+            authorization = await self._authorization(scopes)
+            if authorization:
+                request_headers["Authorization"] = authorization
+            request = self._http.build_request(method, url, headers=request_headers, params=params, content=content)
+            self.stats.requests += 1
+            try:
+                response = await self._http.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    if status == 401 and not auth_retried:
+                        challenge = parse_challenge(response.headers.get("www-authenticate"))
+                        if challenge is not None and (challenge.scheme == "bearer" or self._credentials):
+                            auth_retried = True
+                            if self._challenge is not None and self._challenge.scheme == "bearer":
+                                self._tokens.invalidate(self._challenge, scopes)
+                            self._challenge = challenge
+                            attempt -= 1  # an auth round trip is not a failure
+                            continue
+                    if status in expected:
+                        result = await consume(response)
+                        return (result, response) if with_response else result
+                    if is_retryable_status(status) and attempt < policy.attempts:
+                        delay = policy.delay_for(attempt, response)
+                        log.debug(
+                            "%s %s: HTTP %s, retry %d in %.1fs", method, _safe_url(request.url), status, attempt, delay
+                        )
+                        self.stats.retries += 1
+                    else:
+                        body = await _read_prefix(response, 64 * 1024)
+                        raise self._error_for(status, body, response.headers, repository, what)
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                if not is_retryable_exception(exc) or attempt >= policy.attempts:
+                    raise RegistryUnavailable(
+                        f"{self.registry}: {what or method} failed: {_describe_transport_error(exc)}",
+                        hint=self._unreachable_hint(exc),
+                    ) from None
+                delay = policy.backoff(attempt)
+                log.debug(
+                    "%s %s: %s, retry %d in %.1fs",
+                    method,
+                    _safe_url(request.url),
+                    _describe_transport_error(exc),
+                    attempt,
+                    delay,
+                )
+                self.stats.retries += 1
+            await trio.sleep(delay)
+
+    def _unreachable_hint(self, exc: httpx.HTTPError) -> str:
+        if isinstance(exc, httpx.ConnectError) and "ssl" in str(exc).lower():
+            return "TLS failed: pass --ca-file with the registry's CA, or --plain-http for an HTTP registry"
+        if isinstance(exc, httpx.ConnectError):
+            return "is the registry running and the address right?"
+        return "check the network and try again; the operation resumes where it stopped"
+
+    def _error_for(
+        self, status: int, body: bytes, headers: httpx.Headers, repository: str | None, what: str
+    ) -> RegistryError:
+        where = f"{self.registry}/{repository}" if repository else self.registry
+        code, detail = _parse_error_body(body, headers.get("content-type", ""))
+        subject = f"{what}: " if what else ""
+        text = f"{where}: {subject}{detail}" if detail else f"{where}: {subject}HTTP {status}"
+        if status == 401:
+            if self._credentials is None:
+                return AuthenticationError(
+                    f"{where}: authentication required",
+                    hint=f"run `ocifs login {self.registry}` or set DOCKER_CONFIG",
+                    status=status,
+                    code=code,
+                )
+            return AuthenticationError(
+                f"{where}: the registry rejected the credentials for user {self._credentials.username!r}",
+                hint=f"check them with `ocifs login {self.registry}`",
+                status=status,
+                code=code,
+            )
+        if status == 403 or code == "DENIED":
+            return PermissionDenied(
+                f"{where}: access denied ({subject.rstrip(': ') or 'request'})",
+                hint="the credentials lack permission for this repository",
+                status=status,
+                code=code,
+            )
+        if status == 404:
+            return NotFound(text if detail else f"{where}: {what or 'resource'} not found", status=status, code=code)
+        if status == 413:
+            return RegistryError(f"{where}: {subject}too large for this registry (HTTP 413)", status=status, code=code)
+        if is_retryable_status(status):
+            return RegistryUnavailable(
+                f"{text} after {self.options.retry.attempts} attempts",
+                hint="the registry is failing; try again later (a re-run resumes)",
+                status=status,
+                code=code,
+            )
+        return RegistryError(text, status=status, code=code)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
+    if options.insecure:
+        return False
+    if options.ca_file:
+        try:
+            return ssl.create_default_context(cafile=options.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot use CA file {options.ca_file}: {exc}") from None
+    return True
+
+
+async def _discard(response: httpx.Response) -> None:
+    await response.aread()
+
+
+async def _keep(response: httpx.Response) -> httpx.Response:
+    await response.aread()
+    return response
+
+
+async def _read_json_response(response: httpx.Response) -> Any:
+    data = await _read_capped(response, MAX_MANIFEST_BYTES, "response")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise RegistryError(f"malformed JSON from {response.url.host}") from None
+
+
+async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    length = response.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise RegistryError(f"{what} is {int(length)} bytes, over the {limit}-byte limit")
+    buf = bytearray()
+    async for piece in response.aiter_bytes():
+        buf += piece
+        if len(buf) > limit:
+            raise RegistryError(f"{what} is over the {limit}-byte limit")
+    return bytes(buf)
+
+
+async def _read_exact(response: httpx.Response, size: int | None, what: str) -> bytes:
+    """Read the whole body into one preallocated buffer; a short or long body is retryable."""
+    if size is None:
+        return await response.aread()
+    buf = bytearray(size)
+    view = memoryview(buf)
+    filled = 0
+    async for piece in response.aiter_raw():
+        end = filled + len(piece)
+        if end > size:
+            raise httpx.RemoteProtocolError(f"{what}: body longer than {size} bytes")
+        view[filled:end] = piece
+        filled = end
+    if filled != size:
+        raise httpx.RemoteProtocolError(f"{what}: body ended after {filled} of {size} bytes")
+    return bytes(buf)
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    buf = bytearray()
+    async for piece in response.aiter_raw():
+        buf += piece
+        if len(buf) >= limit:
+            break
+    return bytes(buf[:limit])
+
+
+def _parse_error_body(body: bytes, content_type: str) -> tuple[str | None, str]:
+    """The first OCI error ``code`` and a one-line description; an excerpt for non-JSON bodies."""
+    if not body:
+        return None, ""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, f"unexpected response: {_printable(body)}"
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None, f"unexpected response: {_printable(body)}"
+    first = errors[0]
+    code = first.get("code") if isinstance(first.get("code"), str) else None
+    message = first.get("message") if isinstance(first.get("message"), str) else ""
+    detail = first.get("detail")
+    text = f"{code or 'ERROR'}: {message}".rstrip(": ")
+    if isinstance(detail, str) and detail:
+        text += f" ({_printable(detail.encode())})"
+    elif isinstance(detail, dict | list) and detail:
+        text += f" ({_printable(json.dumps(detail).encode())})"
+    if len(errors) > 1:
+        text += f" (+{len(errors) - 1} more)"
+    return code, text
+
+
+def _printable(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text[:_BODY_EXCERPT] + ("…" if len(text) > _BODY_EXCERPT else "")
+
+
+def _media_type_of(data: bytes) -> str:
+    try:
+        value = json.loads(data).get("mediaType")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def _with_query(url: str, extra: Mapping[str, str]) -> str:
+    """``url`` with ``extra`` merged into its query (upload Locations carry state such as _state=)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in extra]
+    query.extend(extra.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _next_link(header: str | None) -> str | None:
+    if not header:
+        return None
+    for part in header.split(","):
+        if 'rel="next"' in part or "rel=next" in part:
+            start, end = part.find("<"), part.find(">")
+            if 0 <= start < end:
+                return part[start + 1 : end]
+    return None
+
+
+def _safe_url(url: httpx.URL) -> str:
+    """A URL for logs: no userinfo and no query (upload state and tokens live there)."""
+    return str(url.copy_with(query=None, username=None, password=None))
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        message = str(exc)
+        if "ssl" in message.lower() or "certificate" in message.lower():
+            return f"TLS error ({message[:_BODY_EXCERPT]})"
+        return "connection refused or host unreachable"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"connection broken ({str(exc)[:_BODY_EXCERPT] or 'protocol error'})"
+    return f"{type(exc).__name__}: {str(exc)[:_BODY_EXCERPT]}"

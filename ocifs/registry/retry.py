@@ -1,0 +1,76 @@
+"""The one place that decides what is a temporary failure and how long to wait before retrying.
+
+Retried: connection-level failures (refused, reset, timeouts, truncated bodies), HTTP 408, 429
+and 5xx except 501 (not implemented is permanent). Everything else fails at once. The wait is
+exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff and Jitter"),
+unless the server sent ``Retry-After``, which is honoured up to ``max_delay``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many times and how patiently to retry a request.
+
+    ``attempts`` counts every try, the first included. ``base_delay`` doubles per retry up to
+    ``max_delay``; the actual wait is uniform in [0, that] (full jitter) so that many parallel
+    chunk requests failing together do not retry in lockstep.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (retry_number - 1)))
+        return (rng or random).uniform(0, ceiling)
+
+    def delay_for(self, retry_number: int, response: httpx.Response | None) -> float:
+        """Seconds to wait: ``Retry-After`` when the response carries one, else backoff."""
+        if response is not None:
+            after = parse_retry_after(response.headers.get("retry-after"))
+            if after is not None:
+                return min(after, self.max_delay)
+        return self.backoff(retry_number)
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP status means "try again later" rather than "this will never work"."""
+    return status in RETRYABLE_STATUS
+
+
+def is_retryable_exception(exc: BaseException) -> bool:
+    """Whether an exception raised by httpx is a transient transport failure.
+
+    ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol errors
+    (e.g. a body shorter than its Content-Length). Unsupported-protocol and proxy configuration
+    errors are permanent.
+    """
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError):
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Parse a ``Retry-After`` header (delta-seconds or HTTP-date) into seconds, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
