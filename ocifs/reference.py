@@ -89,7 +89,8 @@ def parse_reference(text: str) -> Reference:
         raise InvalidReference(f"invalid reference {text!r}: contains whitespace or control characters")
     if "://" in text:
         raise InvalidReference(
-            f"invalid reference {text!r}: no URL scheme", hint="write HOST[:PORT]/REPOSITORY[:TAG], e.g. localhost:5000/models/llama:v1"
+            f"invalid reference {text!r}: no URL scheme",
+            hint="write HOST[:PORT]/REPOSITORY[:TAG], e.g. localhost:5000/models/llama:v1",
         )
 
     remainder = text

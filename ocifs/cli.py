@@ -1,0 +1,249 @@
+"""The ``ocifs`` command line: argument parsing, dispatch, and the one place errors meet users.
+
+Every :class:`~ocifs.errors.OcifsError` becomes one line on stderr and a non-zero exit; a
+traceback is shown only with ``--debug``. Commands live in their own modules; this module only
+parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from ocifs import __version__
+from ocifs.errors import OcifsError, UsageError
+from ocifs.reference import parse_reference
+from ocifs.registry.client import ClientOptions
+from ocifs.registry.retry import RetryPolicy
+
+log = logging.getLogger("ocifs")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def parse_size(text: str) -> int:
+    """``16M``, ``1.5GiB``, ``4096`` → bytes (binary units)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    suffix = raw[-1:] if raw[-1:] in units and raw[-1:] != "" else ""
+    number = raw[: len(raw) - len(suffix)] if suffix else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 16M, 2G, 4096)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: negative")
+    return int(value * units[suffix])
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def client_options(args: argparse.Namespace) -> ClientOptions:
+    """Registry connection options from the common flags."""
+    jobs = getattr(args, "jobs", 8) or 8
+    return ClientOptions(
+        plain_http=args.plain_http,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        max_connections=max(8, jobs * 2),
+        retry=RetryPolicy(attempts=args.retries),
+    )
+
+
+def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("registry connection")
+    group.add_argument("--plain-http", action="store_true", help="use HTTP, not HTTPS (automatic for loopback)")
+    group.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
+    group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
+    group.add_argument("--retries", type=positive_int, default=5, help="attempts per request (default 5)")
+
+
+def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("chunk cache")
+    group.add_argument("--cache-dir", metavar="DIR", help="chunk cache directory (default: per user, see docs)")
+    group.add_argument("--cache-max-size", type=parse_size, metavar="SIZE", help="evict beyond this size, e.g. 50G")
+
+
+class _SubParsers:
+    """Adds the common flags to every sub-command parser."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, parents=[self._common], **kwargs)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocifs",
+        description="Push large files to OCI registries in parallel chunks; pull and mount them lazily.",
+    )
+    parser.add_argument("--version", action="version", version=f"ocifs {__version__}")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    # The same flags after the command (`ocifs push --debug ...`), without clobbering them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = _SubParsers(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
+
+    p = sub.add_parser("push", help="push files and directories as a chunked artifact")
+    p.add_argument("reference", help="REGISTRY/REPOSITORY:TAG")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to push")
+    p.add_argument("--chunk-size", type=parse_size, default=None, help="chunk size (default 16M)")
+    p.add_argument("--max-layers", type=positive_int, default=None, help="layer budget per manifest (default 10000)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=8, help="parallel uploads (default 8)")
+    p.add_argument("--from", dest="mount_from", metavar="REPO", help="mount chunks from this repository if there")
+    p.add_argument("--no-file-digest", action="store_true", help="skip the whole-file sha256")
+    p.add_argument("--artifact-type", help="the manifest's artifactType")
+    p.add_argument("--annotation", action="append", default=[], metavar="K=V", help="manifest annotation")
+    p.add_argument("--config", metavar="FILE", help="a config blob (JSON) instead of the empty one")
+    p.add_argument("--config-media-type", default="application/vnd.oci.image.config.v1+json")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _add_registry_flags(p)
+    p.set_defaults(handler=_cmd_push)
+
+    p = sub.add_parser("pull", help="download an artifact's files, verified")
+    p.add_argument("reference")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="target directory (default .)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only files matching GLOB")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _add_registry_flags(p)
+    _add_cache_flags(p)
+    p.set_defaults(handler=_cmd_pull)
+
+    p = sub.add_parser("inspect", help="list an artifact's files, sizes, chunks and digests")
+    p.add_argument("reference")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_registry_flags(p)
+    p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser("login", help="store credentials for a registry in the docker config")
+    p.add_argument("registry", metavar="HOST[:PORT]")
+    p.add_argument("-u", "--username")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _add_registry_flags(p)
+    p.set_defaults(handler=_cmd_login)
+
+    p = sub.add_parser("cache", help="inspect and maintain the local chunk cache")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("stats", "size and entries"),
+        ("prune", "evict least recently used chunks down to a size"),
+        ("verify", "re-hash every chunk and remove bad ones"),
+        ("clear", "remove every chunk"),
+    ):
+        cp = csub.add_parser(name, help=text)
+        _add_cache_flags(cp)
+        if name == "prune":
+            cp.add_argument("--max-size", type=parse_size, metavar="SIZE", help="target size (default: configured)")
+        cp.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_cache)
+    return parser
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from ocifs.push import run_push
+
+    return run_push(args, client_options(args))
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from ocifs.pull import run_pull
+
+    return run_pull(args, client_options(args))
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ocifs.inspect import run_inspect
+
+    return run_inspect(args, client_options(args))
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from ocifs.cache_cmd import run_cache
+
+    return run_cache(args)
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from ocifs.registry.connect import connect
+    from ocifs.registry.credentials import Credentials, store_credentials
+
+    registry = parse_reference(f"{args.registry}/x").registry
+    username = args.username or input("Username: ")
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else getpass.getpass("Password: ")
+    if not username or not password:
+        raise UsageError("login needs a username and a password")
+    creds = Credentials(username, password)
+
+    async def check() -> None:
+        async with connect(registry, client_options(args), creds) as client:
+            await client.ping()
+
+    trio.run(check)
+    path = store_credentials(registry, username, password)
+    print(f"Login succeeded: credentials for {registry} stored in {path}")
+    return 0
+
+
+def setup_logging(debug: bool) -> None:
+    """INFO and up to stderr (DEBUG with --debug); third-party chatter only with --debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("ocifs").setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ocifs`` command. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except OcifsError as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"ocifs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ocifs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed by a pipe reader (e.g. `| head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def mount_helper_main() -> int:
+    """``mount.fuse.ocifs SRC MOUNTPOINT -o OPTS`` (called by mount(8)); implemented with the mount."""
+    print("ocifs: mount is not available in this version", file=sys.stderr)
+    return 1
