@@ -638,7 +638,7 @@ async def _read_exact(response: httpx.Response, size: int | None, what: str) -> 
     buf = bytearray(size)
     view = memoryview(buf)
     filled = 0
-    async for piece in response.aiter_raw():
+    async for piece in response.aiter_bytes():
         end = filled + len(piece)
         if end > size:
             raise httpx.RemoteProtocolError(f"{what}: body longer than {size} bytes")
@@ -651,7 +651,7 @@ async def _read_exact(response: httpx.Response, size: int | None, what: str) -> 
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
     buf = bytearray()
-    async for piece in response.aiter_raw():
+    async for piece in response.aiter_bytes():
         buf += piece
         if len(buf) >= limit:
             break

@@ -1,0 +1,41 @@
+# The two entry points of the README: `make demo` and `make test`.
+# Both install what they need on a fresh Debian machine (as root) and are quick when it is there.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := docker-registry fuse3 libfuse3-dev pkg-config skopeo rclone systemd curl
+APT_COMMANDS := docker-registry fusermount3 pkg-config skopeo rclone systemd-analyze curl
+PYTEST_ARGS ?=
+
+.PHONY: setup apt-deps demo test bench clean
+
+setup: apt-deps $(VENV)/.stamp
+
+# Checks the commands each time (cheap) rather than trusting a stamp file.
+apt-deps:
+	@missing=0; for c in $(APT_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	pkg-config --exists fuse3 2>/dev/null || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing system packages: $(APT_PACKAGES)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	@$(VENV)/bin/python scripts/demo.py
+
+test: setup
+	$(VENV)/bin/ruff check ocifs tests bench scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,268 @@
+"""HTTP edge cases of the registry client on httpx.MockTransport (real-registry tests are elsewhere)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from ocifs.digest import Digest
+from ocifs.errors import AuthenticationError, IntegrityError, NotFound, RegistryError, RegistryUnavailable
+from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
+from ocifs.registry.credentials import Credentials
+from ocifs.registry.retry import RetryPolicy, parse_retry_after
+
+BLOB = b"0123456789" * 100
+DIGEST = Digest.of_bytes(BLOB)
+FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
+
+
+def client_for(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> RegistryClient:
+    options = ClientOptions(retry=kwargs.pop("retry", FAST))  # type: ignore[arg-type]
+    return RegistryClient("registry.test", options=options, transport=httpx.MockTransport(handler), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_429_with_retry_after_is_honoured_then_succeeds() -> None:
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"errors": [{"code": "TOOMANYREQUESTS"}]})
+        return httpx.Response(200, content=BLOB)
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    assert len(calls) == 2
+    assert client.stats.retries == 1
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
+    # Retry-After larger than the cap is capped, so one misbehaving proxy cannot stall a pull for hours.
+    policy = RetryPolicy(max_delay=5)
+    assert policy.delay_for(1, httpx.Response(429, headers={"Retry-After": "3600"})) == 5
+
+
+async def test_5xx_burst_then_success() -> None:
+    statuses = [500, 502, 503]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if statuses:
+            return httpx.Response(statuses.pop(0), text="<html>bad gateway</html>")
+        return httpx.Response(200, content=BLOB)
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+        assert client.stats.retries == 3
+
+
+async def test_5xx_forever_gives_one_clear_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="upstream down")
+
+    async with client_for(handler) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_blob("models/x", DIGEST, len(BLOB))
+    message = str(info.value)
+    assert "registry.test/models/x" in message and "4 attempts" in message and "\n" not in message
+
+
+async def test_non_retryable_fails_at_once() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(400, json={"errors": [{"code": "NAME_INVALID", "message": "invalid repository name"}]})
+
+    async with client_for(handler) as client:
+        with pytest.raises(RegistryError, match="NAME_INVALID: invalid repository name"):
+            await client.get_manifest("r", "v1")
+    assert len(calls) == 1
+
+
+async def test_connection_errors_are_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) < 3:
+            raise httpx.ReadError("connection reset by peer")
+        return httpx.Response(200, content=BLOB)
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    assert len(calls) == 3
+
+
+async def test_truncated_body_is_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, content=BLOB[:500] if len(calls) == 1 else BLOB)
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    assert len(calls) == 2
+
+
+async def test_range_answered_with_200_is_sliced() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Range"] == "bytes=100-199"
+        return httpx.Response(200, content=BLOB)  # ignores Range, as registries may
+
+    async with client_for(handler) as client:
+        assert await client.get_blob_range("r", DIGEST, 100, 200) == BLOB[100:200]
+
+
+async def test_range_answered_with_206() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(206, content=BLOB[100:200], headers={"Content-Range": "bytes 100-199/1000"})
+
+    async with client_for(handler) as client:
+        assert await client.get_blob_range("r", DIGEST, 100, 200) == BLOB[100:200]
+
+
+async def test_cross_host_redirect_drops_authorization() -> None:
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.test":
+            if "authorization" not in request.headers:
+                return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="test"'})
+            seen["registry"] = request.headers.get("authorization")
+            return httpx.Response(307, headers={"Location": "https://cdn.example/blob?sig=abc"})
+        seen["cdn"] = request.headers.get("authorization")
+        return httpx.Response(200, content=BLOB)
+
+    creds = Credentials("alice", "s3cret")
+    async with client_for(handler, credentials=creds) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    assert seen["registry"] is not None and seen["registry"].startswith("Basic ")
+    assert seen["cdn"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "unexpected response: <html><body>502 Bad Gateway"),
+        (b'{"errors": "not a list"}', "unexpected response"),
+        (b'{"errors": [{"code": 5}]}', "ERROR"),
+        (b"\x00\xff\xfe binary", "unexpected response"),
+        (b"x" * 100_000, "…"),
+        (b"", "HTTP 400"),
+    ],
+)
+async def test_malformed_error_bodies_give_one_readable_line(body: bytes, expected: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, content=body)
+
+    async with client_for(handler) as client:
+        with pytest.raises(RegistryError) as info:
+            await client.get_manifest("r", "v1")
+    text = str(info.value)
+    assert expected in text
+    assert "\n" not in text and len(text) < 400
+
+
+async def test_401_without_credentials_says_how_to_log_in() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+
+    async with client_for(handler) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.ping()
+    assert "ocifs login registry.test" in str(info.value)
+
+
+async def test_bearer_token_cached_and_secrets_not_in_errors() -> None:
+    token_calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            token_calls.append(request.url.params.get_list("scope"))
+            return httpx.Response(200, json={"token": "tok-123", "expires_in": 300})
+        if request.headers.get("authorization") != "Bearer tok-123":
+            return httpx.Response(
+                401,
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="https://auth.test/token",service="registry.test",'
+                    'scope="repository:r:pull"'
+                },
+            )
+        if request.url.path.endswith("/manifests/missing"):
+            return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+        return httpx.Response(200, content=BLOB)
+
+    async with client_for(handler, credentials=Credentials("bob", "hunter2")) as client:
+        for _ in range(3):
+            assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+        with pytest.raises(NotFound) as info:
+            await client.get_manifest("r", "missing")
+    assert token_calls == [["repository:r:pull"]]
+    assert "hunter2" not in str(info.value) and "tok-123" not in str(info.value)
+
+
+async def test_upload_merges_digest_into_location_query() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url)))
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/r/blobs/uploads/abc?_state=xyz"})
+        assert request.method == "PUT"
+        assert request.url.params["_state"] == "xyz" and request.url.params["digest"] == str(DIGEST)
+        return httpx.Response(201)
+
+    async with client_for(handler) as client:
+        assert await client.upload_blob("r", DIGEST, BLOB) == "uploaded"
+    assert [m for m, _ in seen] == ["POST", "PUT"]
+
+
+async def test_upload_falls_back_to_patch_when_monolithic_put_refused() -> None:
+    methods = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        methods.append(request.method)
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "https://registry.test/v2/r/blobs/uploads/u1"})
+        if request.method == "PUT" and request.content:
+            return httpx.Response(413, text="too large")
+        if request.method == "PATCH":
+            assert request.headers["Content-Range"] == f"0-{len(BLOB) - 1}"
+            return httpx.Response(202, headers={"Location": "/v2/r/blobs/uploads/u1?part=2"})
+        assert request.method == "PUT" and request.url.params["part"] == "2"
+        return httpx.Response(201)
+
+    async with client_for(handler) as client:
+        assert await client.upload_blob("r", DIGEST, BLOB) == "uploaded"
+    assert methods == ["POST", "PUT", "POST", "PATCH", "PUT"]
+
+
+async def test_manifest_by_digest_is_verified() -> None:
+    manifest = json.dumps({"schemaVersion": 2}).encode()
+    wrong = Digest.of_bytes(b"something else")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+
+    async with client_for(handler) as client:
+        ok = await client.get_manifest("r", str(Digest.of_bytes(manifest)))
+        assert ok.data == manifest
+        with pytest.raises(IntegrityError):
+            await client.get_manifest("r", str(wrong))
+
+
+async def test_oversized_manifest_refused_before_reading_it_all() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"{" + b" " * (5 * 1024 * 1024) + b"}")
+
+    async with client_for(handler) as client:
+        with pytest.raises(RegistryError, match="limit"):
+            await client.get_manifest("r", "v1")
