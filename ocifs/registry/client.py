@@ -540,8 +540,8 @@ class RegistryClient:
             await trio.sleep(delay)
 
     def _unreachable_hint(self, exc: httpx.HTTPError) -> str:
-        if isinstance(exc, httpx.ConnectError) and "ssl" in str(exc).lower():
-            return "TLS failed: pass --ca-file with the registry's CA, or --plain-http for an HTTP registry"
+        if _ssl_cause(exc) is not None:
+            return "pass --ca-file with the registry's CA, or --plain-http if it speaks plain HTTP"
         if isinstance(exc, httpx.ConnectError):
             return "is the registry running and the address right?"
         return "check the network and try again; the operation resumes where it stopped"
@@ -576,6 +576,12 @@ class RegistryClient:
             )
         if status == 404:
             return NotFound(text if detail else f"{where}: {what or 'resource'} not found", status=status, code=code)
+        if status == 400 and b"HTTP request to an HTTPS server" in body:
+            return RegistryError(
+                f"{where}: this registry speaks HTTPS, not plain HTTP",
+                hint="pass --ca-file with its CA (or --insecure)",
+                status=status,
+            )
         if status == 413:
             return RegistryError(f"{where}: {subject}too large for this registry (HTTP 413)", status=status, code=code)
         if is_retryable_status(status):
@@ -724,11 +730,24 @@ def _safe_url(url: httpx.URL) -> str:
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
+    tls = _ssl_cause(exc)
+    if tls is not None:
+        reason = getattr(tls, "reason", None) or type(tls).__name__
+        return f"TLS handshake failed ({reason})"
     if isinstance(exc, httpx.ConnectError):
-        message = str(exc)
-        if "ssl" in message.lower() or "certificate" in message.lower():
-            return f"TLS error ({message[:_BODY_EXCERPT]})"
         return "connection refused or host unreachable"
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"connection broken ({str(exc)[:_BODY_EXCERPT] or 'protocol error'})"
     return f"{type(exc).__name__}: {str(exc)[:_BODY_EXCERPT]}"
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind a transport error (trio wraps it in BrokenResourceError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
