@@ -1,0 +1,787 @@
+"""The verified, content-addressed chunk cache shared by every pull and mount on a host.
+
+This module owns the bytes on disk under ``ROOT/v1/<algorithm>/<2 hex>/<hex>`` and a small
+in-memory LRU in front of them. Entries are named by their digest, so they never need
+revalidation and survive restarts. It must not know about registries, manifests or files:
+callers hand it verified chunks and ask for them back by digest.
+
+Invariants (the contract every other layer relies on):
+
+- **Only verified bytes enter.** :meth:`ChunkCache.put` hashes the data unless the caller says
+  it already did (``verified=True``); a mismatch raises :class:`~ocifs.errors.IntegrityError`
+  and nothing is stored.
+- **Nothing half-written is ever visible.** A chunk is written to a temporary file
+  (``.tmp-<pid>-<random>``, ``O_EXCL``) in its final directory and renamed over the final name
+  with ``os.replace`` (atomic on POSIX). Readers only open final names. A process killed
+  mid-write leaves a temp file, which :meth:`prune`, :meth:`verify` and eviction passes remove
+  once it is older than :data:`STALE_TEMP_AGE`.
+- **Many processes, one cache.** Every mount and pull may fill and evict the same directory at
+  once. Writes are safe by the rename above (two writers of one digest write identical bytes).
+  Eviction takes an exclusive ``flock`` on ``ROOT/v1/.lock`` and rescans before deleting, so
+  concurrent processes never evict more than needed. Recency is the file's mtime, refreshed on
+  disk hits, so least-recently-used eviction works across processes.
+- **Eviction never breaks a reader.** On POSIX an open descriptor keeps an unlinked file
+  readable; a reader that loses the race between lookup and ``open`` (ENOENT) gets ``None`` —
+  a miss — and the caller refetches.
+- **The cache never fails a read.** A full disk (ENOSPC), a read-only or otherwise unusable
+  directory degrades to "uncached": one WARNING per condition, a counter in :meth:`stats`,
+  and :meth:`put` returns ``False``. Only the maintenance commands (:meth:`prune`,
+  :meth:`verify`, :meth:`clear`) raise :class:`~ocifs.errors.CacheError`.
+
+Thread safety: every method is safe to call from several threads at once (async callers run
+the blocking ones in ``trio.to_thread``). The memory tier, the counters and the running byte
+total are guarded by one lock held only for dictionary-sized work, never across I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachetools import LRUCache
+
+from ocifs.digest import Digest
+from ocifs.errors import CacheError, IntegrityError, InvalidDigest
+
+log = logging.getLogger(__name__)
+
+#: Directory under the root that holds this layout; a future incompatible layout gets "v2".
+LAYOUT_VERSION = "v1"
+
+#: Default budget of the in-memory tier: 16 chunks of the default 16 MiB, enough to hold the
+#: chunks the default 8 concurrent downloads produce plus the ones being read right now.
+DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024
+
+#: Name prefix of files being written. Readers never open them; the dot hides them from ``ls``.
+TEMP_PREFIX = ".tmp-"
+
+#: A temp file older than this belongs to a writer that died: writing one 16 MiB chunk takes
+#: milliseconds, and even a chunk of several GiB on a slow disk is written well within it.
+STALE_TEMP_AGE = 15 * 60.0
+
+#: A disk hit refreshes the entry's mtime only when it is older than this: LRU across processes
+#: needs coarse recency, not a metadata write on every 128 KiB FUSE read.
+TOUCH_INTERVAL = 60.0
+
+#: A bounded cache rescans at least this often while it is being written, so bytes added by
+#: other processes (invisible to this process's running total) are noticed within a minute.
+RESCAN_INTERVAL = 60.0
+
+#: An eviction pass triggered by a put evicts down to this fraction of ``max_size``. Every pass
+#: scans every entry, so leaving 10 % headroom makes passes happen once per 10 % of the budget
+#: written instead of once per chunk.
+LOW_WATER = 0.9
+
+_READ_BLOCK = 1024 * 1024  # verify() streams files in 1 MiB blocks: bounded memory per thread
+_ALGORITHMS = ("sha256", "sha512")  # the algorithms Digest accepts; each gets its own directory
+_RECOVERABLE_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}  # space may come back by itself
+
+
+def default_cache_dir() -> Path:
+    """The host's default cache root.
+
+    ``/var/cache/ocifs`` for root (effective uid 0), so system mounts share one cache; for
+    users ``$XDG_CACHE_HOME/ocifs`` when that variable holds an absolute path (the XDG Base
+    Directory spec says relative values are to be ignored), else ``~/.cache/ocifs``.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/cache/ocifs")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "ocifs"
+    return Path.home() / ".cache" / "ocifs"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of the cache: what is on disk now, plus this process's counters.
+
+    ``entries``/``bytes`` come from a scan of the directory (all processes' chunks);
+    the counters count only this :class:`ChunkCache` object's operations since it was created.
+    ``degraded`` names the conditions (e.g. ``"ENOSPC"``) that currently keep chunks out.
+    """
+
+    root: Path
+    entries: int
+    bytes: int
+    temp_files: int
+    max_size: int | None
+    memory_bytes: int
+    memory_used: int
+    memory_entries: int
+    memory_hits: int
+    disk_hits: int
+    misses: int
+    puts: int
+    evictions: int
+    rejected: int
+    put_failures: int
+    read_errors: int
+    degraded: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What :meth:`ChunkCache.prune` or :meth:`ChunkCache.clear` removed and what is left."""
+
+    removed_entries: int
+    removed_bytes: int
+    removed_temp_files: int
+    remaining_entries: int
+    remaining_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """What :meth:`ChunkCache.verify` found: ``bad`` lists every entry whose bytes did not hash
+    to its name (or could not be read); ``removed`` how many of those were deleted."""
+
+    checked: int
+    bytes_checked: int
+    bad: tuple[Digest, ...]
+    removed: int
+    removed_temp_files: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    path: str
+    digest: Digest
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Temp:
+    path: str
+    mtime: float
+
+
+class ChunkCache:
+    """A bounded, verified, content-addressed chunk store on disk with a memory tier in front.
+
+    ``root`` defaults to :func:`default_cache_dir`. ``max_size`` bounds the bytes on disk
+    (``None``: unbounded); the least recently used entries (oldest mtime) are evicted first.
+    ``memory_bytes`` bounds the in-memory LRU (0 disables it); chunks larger than it are never
+    held in memory.
+
+    The constructor does blocking I/O (creates the directories; a bounded cache scans them to
+    learn its size and evicts if it is already over ``max_size``): from async code, construct
+    it in a worker thread. See the module docstring for the concurrency invariants.
+    """
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        max_size: int | None = None,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> None:
+        if max_size is not None and max_size < 0:
+            raise ValueError(f"max_size must be >= 0 or None, got {max_size}")
+        if memory_bytes < 0:
+            raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes}")
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.max_size = max_size
+        self.memory_bytes = memory_bytes
+        self._base = self.root / LAYOUT_VERSION
+        self._lock_path = self._base / ".lock"
+
+        self._lock = threading.Lock()  # guards everything below; never held across I/O
+        self._memory: LRUCache[Digest, bytes] = LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
+        self._total = 0  # bytes on disk as this process believes; exact after each scan
+        self._last_scan = time.monotonic()
+        self._warned: set[str] = set()  # degraded conditions already logged
+        self._memory_hits = 0
+        self._disk_hits = 0
+        self._misses = 0
+        self._puts = 0
+        self._evictions = 0
+        self._rejected = 0
+        self._put_failures = 0
+        self._read_errors = 0
+        # One eviction pass per process at a time; other threads skip rather than queue up.
+        self._evict_lock = threading.Lock()
+
+        try:
+            for directory in (self.root, self._base, self._base / "sha256"):
+                directory.mkdir(mode=0o700, parents=directory == self.root, exist_ok=True)
+        except OSError as exc:
+            self._warn_once("create", exc)
+            return
+        if max_size is not None:
+            limit = max_size
+            self._evict_pass(limit=limit, target=limit, raise_errors=False)
+
+    # ------------------------------------------------------------------ lookups
+
+    def path_for(self, digest: Digest) -> Path:
+        """Where ``digest``'s bytes live when cached. The file may vanish at any time (eviction):
+        open it and handle ``FileNotFoundError`` rather than testing for it first."""
+        return self._base / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def in_memory(self, digest: Digest) -> bool:
+        """Whether the memory tier holds ``digest`` (no I/O, no counters, recency untouched)."""
+        with self._lock:
+            return digest in self._memory
+
+    def contains(self, digest: Digest) -> bool:
+        """Whether ``digest`` is cached in memory or on disk right now (it may be evicted the
+        next moment; use this for decisions such as "skip prefetch", never as a guarantee)."""
+        return self.in_memory(digest) or os.path.isfile(self.path_for(digest))
+
+    def get(self, digest: Digest, *, size: int | None = None) -> bytes | None:
+        """The chunk's bytes from memory, else from disk, else ``None`` (a miss).
+
+        ``size``, when given, is the expected length: a disk entry of another length is treated
+        as a miss (and overwritten by the next :meth:`put`). Never raises for I/O trouble.
+        """
+        data = self.get_memory(digest)
+        if data is not None:
+            return data
+        return self.get_disk(digest, size=size)
+
+    def get_memory(self, digest: Digest) -> bytes | None:
+        """The chunk's bytes if the memory tier holds them (refreshing their recency), else
+        ``None``. Non-blocking: safe to call directly from async code. A miss is not counted
+        here: callers go on to :meth:`get_disk`, which counts it."""
+        with self._lock:
+            data = self._memory.get(digest)
+            if data is not None:
+                self._memory_hits += 1
+            return data
+
+    def get_disk(self, digest: Digest, *, size: int | None = None, remember: bool = True) -> bytes | None:
+        """The chunk's bytes read from disk, or ``None`` (miss, evicted, unreadable, wrong size).
+
+        A hit refreshes the entry's mtime (its LRU recency, at most every
+        :data:`TOUCH_INTERVAL`) and, with ``remember``, puts it in the memory tier. Blocking.
+        """
+        fd = self._open_entry(digest)
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not self._size_ok(digest, st.st_size, size):
+                return None
+            data = _pread_all(fd, st.st_size, 0)
+            self._touch(fd, st)
+        except OSError as exc:
+            self._read_failed(exc)
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != st.st_size:  # the file changed under us; do not trust it
+            self._count_miss()
+            return None
+        with self._lock:
+            self._disk_hits += 1
+        if remember:
+            self._remember(digest, data)
+        return data
+
+    def read_range(self, digest: Digest, start: int, end: int, *, size: int | None = None) -> bytes | None:
+        """Bytes ``[start, end)`` of a cached chunk, or ``None`` on a miss.
+
+        Like slicing, a range past the end of the chunk is cut short. A disk hit reads only the
+        range (``pread``) and does not fill the memory tier, so serving a 128 KiB FUSE read
+        does not copy a whole chunk. ``size`` as in :meth:`get`. Blocking.
+        """
+        if not 0 <= start <= end:
+            raise ValueError(f"bad range [{start}, {end})")
+        data = self.get_memory(digest)
+        if data is not None:
+            return data[start:end]
+        fd = self._open_entry(digest)
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not self._size_ok(digest, st.st_size, size):
+                return None
+            end = min(end, st.st_size)
+            piece = _pread_all(fd, max(0, end - start), start)
+            self._touch(fd, st)
+        except OSError as exc:
+            self._read_failed(exc)
+            return None
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._disk_hits += 1
+        return piece
+
+    # ------------------------------------------------------------------ insertion
+
+    def put(self, digest: Digest, data: bytes, *, verified: bool = False) -> bool:
+        """Store ``data`` under ``digest``; return whether it is now on disk.
+
+        Unless ``verified`` (the caller already hashed these exact bytes), the data is hashed
+        first and a mismatch raises :class:`IntegrityError` — nothing is stored. I/O failures
+        (disk full, read-only directory) never raise: they are logged once per condition and
+        the chunk simply stays uncached (``False``). A chunk larger than ``max_size`` is not
+        written either. Blocking; hashing releases the GIL.
+        """
+        if not verified and not digest.matches(data):
+            with self._lock:
+                self._rejected += 1
+            raise IntegrityError(f"refusing to cache {digest}: the bytes do not match the digest")
+        self._remember(digest, data)
+        if self.max_size is not None and len(data) > self.max_size:
+            return False
+        try:
+            written = self._write_entry(digest, data)
+        except FileNotFoundError:
+            # Our temp file (or its directory) was removed under us by a concurrent clear():
+            # the chunk is simply not cached this time. Not a condition worth a warning.
+            log.debug("cache entry %s vanished while being written", digest.short)
+            return False
+        except OSError as exc:
+            with self._lock:
+                self._put_failures += 1
+            self._warn_once("write", exc)
+            return False
+        if not written:
+            return True  # already there; says nothing about whether writes work again
+        with self._lock:
+            self._puts += 1
+            self._total += len(data)
+            write_conditions = {c for c in self._warned if not c.startswith("read ")}
+            if write_conditions:
+                # Writes work again (space was freed, the directory remounted read-write):
+                # say so, and re-arm the warnings in case the condition comes back.
+                log.info("chunk cache %s is writable again", self.root)
+                self._warned -= write_conditions
+        self._maybe_evict()
+        return True
+
+    def _write_entry(self, digest: Digest, data: bytes) -> bool:
+        """Write one entry atomically; ``False`` if an identical entry was already there."""
+        path = self.path_for(digest)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if st.st_size == len(data):
+                # Same name and length: the same bytes (content addressed). Wanting it again
+                # makes it recently used. A wrong length (a torn file) is overwritten below.
+                _touch_path(path)
+                return False
+        directory = path.parent
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+        except FileNotFoundError:
+            # The algorithm directory (or the whole tree) is missing: first sha512 chunk, or
+            # somebody removed the cache while we run. Recreate the chain with safe modes.
+            for part in (self.root, self._base, directory.parent, directory):
+                part.mkdir(mode=0o700, parents=part == self.root, exist_ok=True)
+        tmp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        fd = _create_exclusive(tmp)
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            # No fsync: a process crash cannot tear the file (the page cache holds it), and
+            # after a power loss a torn entry is caught by the size check on read and by
+            # verify(); an fsync per chunk would cost the throughput this cache exists for.
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        log.debug("cached %s (%d bytes)", digest.short, len(data))
+        return True
+
+    # ------------------------------------------------------------------ maintenance
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the disk contents (by a scan; blocking) and of this process's counters.
+        Raises :class:`CacheError` if the cache directory cannot be read."""
+        try:
+            entries, temps = self._scan()
+        except OSError as exc:
+            raise _cache_error("read", self.root, exc) from exc
+        with self._lock:
+            return CacheStats(
+                root=self.root,
+                entries=len(entries),
+                bytes=sum(e.size for e in entries),
+                temp_files=len(temps),
+                max_size=self.max_size,
+                memory_bytes=self.memory_bytes,
+                memory_used=int(self._memory.currsize) if self.memory_bytes else 0,
+                memory_entries=len(self._memory),
+                memory_hits=self._memory_hits,
+                disk_hits=self._disk_hits,
+                misses=self._misses,
+                puts=self._puts,
+                evictions=self._evictions,
+                rejected=self._rejected,
+                put_failures=self._put_failures,
+                read_errors=self._read_errors,
+                degraded=tuple(sorted(self._warned)),
+            )
+
+    def prune(self, max_size: int | None = None) -> PruneResult:
+        """Evict least recently used entries until at most ``max_size`` bytes remain (default:
+        this cache's ``max_size``; with neither, nothing is evicted) and remove temp files left
+        by dead writers. Safe while other processes use the cache. Raises :class:`CacheError`
+        if the cache cannot be modified."""
+        limit = self.max_size if max_size is None else max_size
+        if limit is not None and limit < 0:
+            raise ValueError(f"max_size must be >= 0, got {limit}")
+        return self._evict_pass(limit=limit, target=limit, raise_errors=True)
+
+    def verify(self, *, remove_bad: bool = True, workers: int | None = None) -> VerifyResult:
+        """Re-hash every entry on disk; report (and with ``remove_bad`` delete) the ones whose
+        bytes do not match their name. Also removes stale temp files. Hashing runs in
+        ``workers`` threads (default: up to 4, one per CPU) since hashlib releases the GIL.
+        Raises :class:`CacheError` if the cache cannot be read."""
+        try:
+            entries, temps = self._scan()
+            removed_temps = _remove_stale_temps(temps)
+        except OSError as exc:
+            raise _cache_error("verify", self.root, exc) from exc
+        threads = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocifs-verify") as pool:
+            outcomes = list(pool.map(_check_entry, entries))
+        bad: list[Digest] = []
+        checked = checked_bytes = removed = 0
+        for entry, (verdict, inode) in zip(entries, outcomes, strict=True):
+            if verdict is _Verdict.GONE:
+                continue  # evicted by another process while we ran: nothing to judge
+            checked += 1
+            checked_bytes += entry.size
+            if verdict is _Verdict.OK:
+                continue
+            bad.append(entry.digest)
+            log.warning("cache entry %s is corrupt%s", entry.digest, "; removing it" if remove_bad else "")
+            with self._lock:
+                self._memory.pop(entry.digest, None)
+            if remove_bad and _unlink_if_same(entry.path, inode):
+                removed += 1
+                with self._lock:
+                    self._total = max(0, self._total - entry.size)
+        return VerifyResult(
+            checked=checked,
+            bytes_checked=checked_bytes,
+            bad=tuple(bad),
+            removed=removed,
+            removed_temp_files=removed_temps,
+        )
+
+    def clear(self) -> PruneResult:
+        """Remove every entry and every temp file (of any age) and empty the memory tier.
+        A concurrent writer whose temp file vanishes just leaves its chunk uncached.
+        Raises :class:`CacheError` if the cache cannot be modified."""
+        with self._lock:
+            self._memory.clear()
+        try:
+            with self._exclusive():
+                entries, temps = self._scan()
+                removed = removed_bytes = 0
+                for entry in entries:
+                    if _unlink_quietly(entry.path):
+                        removed += 1
+                        removed_bytes += entry.size
+                removed_temps = sum(1 for t in temps if _unlink_quietly(t.path))
+        except OSError as exc:
+            raise _cache_error("clear", self.root, exc) from exc
+        with self._lock:
+            self._total = 0
+            self._last_scan = time.monotonic()
+        log.info("cleared chunk cache %s: %d entries, %d bytes", self.root, removed, removed_bytes)
+        return PruneResult(removed, removed_bytes, removed_temps, 0, 0)
+
+    # ------------------------------------------------------------------ eviction
+
+    def _maybe_evict(self) -> None:
+        """After a write: run an eviction pass if this process's running total says the cache
+        is over its bound, or if the last scan is old enough that other processes' writes may
+        have pushed it over. Only one thread per process evicts; the others carry on."""
+        if self.max_size is None:
+            return
+        with self._lock:
+            due = self._total > self.max_size or time.monotonic() - self._last_scan > RESCAN_INTERVAL
+        if not due or not self._evict_lock.acquire(blocking=False):
+            return
+        try:
+            self._evict_pass(limit=self.max_size, target=int(self.max_size * LOW_WATER), raise_errors=False)
+        finally:
+            self._evict_lock.release()
+
+    def _evict_pass(self, *, limit: int | None, target: int | None, raise_errors: bool) -> PruneResult:
+        """Under the cross-process lock: scan, remove stale temp files, and if the entries
+        exceed ``limit`` bytes evict the oldest (by mtime) down to ``target`` bytes.
+
+        Rescanning under the lock is what keeps processes from over-evicting: a process that
+        waited for the lock sees what the previous holder already removed.
+        """
+        try:
+            with self._exclusive():
+                entries, temps = self._scan()
+                removed_temps = _remove_stale_temps(temps)
+                total = sum(e.size for e in entries)
+                removed = removed_bytes = 0
+                if limit is not None and target is not None and total > limit:
+                    entries.sort(key=lambda e: e.mtime_ns)
+                    for entry in entries:
+                        if total <= target:
+                            break
+                        # ENOENT: another process evicted it first; it is gone either way.
+                        if _unlink_quietly(entry.path):
+                            removed += 1
+                            removed_bytes += entry.size
+                        total -= entry.size
+        except OSError as exc:
+            if raise_errors:
+                raise _cache_error("prune", self.root, exc) from exc
+            self._warn_once("evict", exc)
+            return PruneResult(0, 0, 0, 0, 0)
+        with self._lock:
+            self._total = total
+            self._last_scan = time.monotonic()
+            self._evictions += removed
+        if removed:
+            log.debug("evicted %d cache entries (%d bytes) from %s", removed, removed_bytes, self.root)
+        remaining = len(entries) - removed
+        return PruneResult(removed, removed_bytes, removed_temps, remaining, total)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the cache-wide ``flock`` (released by closing the descriptor, also on crash)."""
+        try:
+            self._base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            # A read-only cache (a pre-filled directory on a read-only mount) can still be
+            # scanned; flock works on a descriptor opened read-only, if the file exists.
+            try:
+                fd = os.open(self._lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise exc from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _scan(self) -> tuple[list[_Entry], list[_Temp]]:
+        """Every entry and temp file on disk. Tolerates files and directories vanishing
+        during the walk (other processes evict concurrently); ignores names it does not own."""
+        entries: list[_Entry] = []
+        temps: list[_Temp] = []
+        for algorithm in _ALGORITHMS:
+            for sub in _scandir(os.path.join(self._base, algorithm)):
+                if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+                    continue
+                for item in _scandir(sub.path):
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not item.is_file(follow_symlinks=False):
+                        continue
+                    if item.name.startswith(TEMP_PREFIX):
+                        temps.append(_Temp(item.path, st.st_mtime))
+                        continue
+                    if not item.name.startswith(sub.name):
+                        continue
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{item.name}")
+                    except InvalidDigest:
+                        continue
+                    entries.append(_Entry(item.path, digest, st.st_size, st.st_mtime_ns))
+        return entries, temps
+
+    # ------------------------------------------------------------------ helpers
+
+    def _open_entry(self, digest: Digest) -> int | None:
+        try:
+            return os.open(self.path_for(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Never cached, or evicted by another process between any check and this open.
+            self._count_miss()
+        except OSError as exc:
+            self._read_failed(exc)
+        return None
+
+    def _size_ok(self, digest: Digest, actual: int, expected: int | None) -> bool:
+        if expected is None or actual == expected:
+            return True
+        # A torn file (power loss before the data reached the disk) or a wrong size hint:
+        # either way not served; the next put() of the real bytes overwrites a torn entry.
+        log.warning("cache entry %s is %d bytes, expected %d; fetching it again", digest.short, actual, expected)
+        self._count_miss()
+        return False
+
+    def _touch(self, fd: int, st: os.stat_result) -> None:
+        if time.time() - st.st_mtime < TOUCH_INTERVAL:
+            return
+        try:
+            os.utime(fd)
+        except OSError as exc:
+            # Recency is best effort (a read-only cache can still serve hits).
+            log.debug("cannot refresh cache entry mtime: %s", exc)
+
+    def _remember(self, digest: Digest, data: bytes) -> None:
+        if len(data) > self.memory_bytes or not data:
+            return  # cachetools raises for items over its budget; empty chunks need no tier
+        with self._lock:
+            self._memory[digest] = data
+
+    def _count_miss(self) -> None:
+        with self._lock:
+            self._misses += 1
+
+    def _read_failed(self, exc: OSError) -> None:
+        with self._lock:
+            self._misses += 1
+            self._read_errors += 1
+        self._warn_once("read", exc)
+
+    def _warn_once(self, operation: str, exc: OSError) -> None:
+        """Log a WARNING the first time a condition (operation + errno) occurs, DEBUG after:
+        a full disk must not produce one line per chunk."""
+        condition = errno.errorcode.get(exc.errno or 0, "OSError")
+        key = condition if operation != "read" else f"read {condition}"
+        with self._lock:
+            first = key not in self._warned
+            self._warned.add(key)
+        if not first:
+            log.debug("chunk cache %s: %s failed again: %s", self.root, operation, exc)
+            return
+        if exc.errno in _RECOVERABLE_WRITE_ERRNOS:
+            consequence = "chunks are served without caching until space is freed"
+        elif operation == "read":
+            consequence = "affected chunks are fetched again"
+        else:
+            consequence = "chunks are served without caching"
+        log.warning("chunk cache %s: cannot %s (%s); %s", self.root, operation, exc.strerror or exc, consequence)
+
+
+# ---------------------------------------------------------------------- module helpers
+# Small functions for the system calls, so tests can inject failures (ENOSPC, EROFS) without
+# patching the os module for everything else in the process.
+
+
+def _create_exclusive(path: Path) -> int:
+    """Create a new file for writing; fail if the name exists (O_EXCL) or is a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags, 0o600)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """Read up to ``length`` bytes at ``offset`` into one ``bytes``, short only at end of file.
+    Linux serves a regular file's read in one call, so normally there is no join and no copy."""
+    if length == 0:
+        return b""
+    first = os.pread(fd, length, offset)
+    if len(first) == length or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < length:
+        part = os.pread(fd, length - got, offset + got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _touch_path(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError as exc:
+        log.debug("cannot refresh mtime of %s: %s", path, exc)
+
+
+def _unlink_quietly(path: str | Path) -> bool:
+    """Unlink; ``False`` if it was already gone (another process got there first)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _unlink_if_same(path: str, inode: int | None) -> bool:
+    """Unlink ``path`` only if it is still the file we judged (inode ``inode``): a concurrent
+    writer may have replaced a corrupt entry with good bytes in the meantime."""
+    try:
+        if inode is not None and os.stat(path).st_ino != inode:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_stale_temps(temps: list[_Temp]) -> int:
+    """Remove temp files older than :data:`STALE_TEMP_AGE` (their writer is dead); younger
+    ones may still be in use by a live writer in another process."""
+    now = time.time()
+    return sum(1 for t in temps if now - t.mtime > STALE_TEMP_AGE and _unlink_quietly(t.path))
+
+
+class _Verdict(enum.Enum):
+    OK = "ok"
+    BAD = "bad"  # wrong bytes, or unreadable
+    GONE = "gone"  # vanished before we could open it (evicted concurrently)
+
+
+def _check_entry(entry: _Entry) -> tuple[_Verdict, int | None]:
+    """Hash one entry, streaming: (verdict, inode of the file judged, when it was opened)."""
+    hasher = entry.digest.hasher()
+    buf = bytearray(_READ_BLOCK)
+    view = memoryview(buf)
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _Verdict.GONE, None
+    except OSError as exc:
+        log.warning("cannot read cache entry %s: %s", entry.path, exc)
+        return _Verdict.BAD, None
+    inode: int | None = None
+    try:
+        inode = os.fstat(fd).st_ino
+        while n := os.readv(fd, [buf]):
+            hasher.update(view[:n])
+    except OSError as exc:
+        log.warning("cannot read cache entry %s: %s", entry.path, exc)
+        return _Verdict.BAD, inode
+    finally:
+        os.close(fd)
+    return (_Verdict.OK if hasher.hexdigest() == entry.digest.hex else _Verdict.BAD), inode
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _cache_error(operation: str, root: Path, exc: OSError) -> CacheError:
+    return CacheError(f"cannot {operation} the chunk cache at {root}: {exc.strerror or exc}")

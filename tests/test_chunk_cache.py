@@ -1,0 +1,345 @@
+"""The chunk cache: only verified bytes enter, nothing torn is ever visible, size stays bounded in
+LRU order across processes, and a broken disk degrades to "uncached" with one warning."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocifs import chunk_cache
+from ocifs.chunk_cache import STALE_TEMP_AGE, ChunkCache, default_cache_dir
+from ocifs.digest import Digest
+from ocifs.errors import CacheError, IntegrityError
+
+REPO = Path(__file__).resolve().parent.parent
+ExpectLog = Callable[..., AbstractContextManager[Any]]
+
+
+def chunk(seed: int, size: int = 1000) -> tuple[Digest, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return Digest.of_bytes(data), data
+
+
+def set_age(path: Path, seconds_ago: float) -> None:
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+
+
+def test_put_then_get_round_trips_through_memory_and_disk(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    assert cache.put(digest, data)
+    assert cache.get(digest) == data  # memory tier
+
+    path = tmp_path / "v1" / "sha256" / digest.hex[:2] / digest.hex
+    assert cache.path_for(digest) == path
+    assert path.read_bytes() == data
+
+    fresh = ChunkCache(tmp_path, memory_bytes=0)  # a restart: memory empty, disk kept
+    assert fresh.contains(digest)
+    assert fresh.read_range(digest, 10, 20) == data[10:20]
+    assert fresh.read_range(digest, 990, 5000) == data[990:]  # cut short at the end, like slicing
+    assert fresh.get(digest, size=len(data)) == data
+    assert fresh.get(chunk(2)[0]) is None
+    stats = fresh.stats()
+    assert (stats.entries, stats.bytes, stats.disk_hits, stats.misses, stats.memory_hits) == (1, 1000, 3, 1, 0)
+
+    warm = ChunkCache(tmp_path)
+    assert warm.get(digest) == data and warm.get(digest) == data
+    assert (warm.stats().disk_hits, warm.stats().memory_hits) == (1, 1)  # the disk hit filled memory
+
+
+def test_files_and_directories_are_private(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    cache = ChunkCache(root)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+    path = cache.path_for(digest)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for directory in (root, root / "v1", root / "v1" / "sha256", path.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def test_wrong_digest_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, _ = chunk(1)
+    with pytest.raises(IntegrityError, match=str(digest)):
+        cache.put(digest, b"not the bytes that digest names")
+    assert not cache.contains(digest)
+    assert cache.get(digest) is None
+    assert not cache.path_for(digest).exists()
+    assert cache.stats().rejected == 1
+
+
+def test_leftover_temp_file_is_invisible_and_pruned_once_stale(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    directory = cache.path_for(digest).parent
+    directory.mkdir(parents=True)
+    # What a writer killed mid-write leaves behind: half a chunk under a temp name.
+    dead = directory / ".tmp-4242-deadbeefdeadbeef"
+    dead.write_bytes(data[:500])
+    live = directory / ".tmp-4243-0123456789abcdef"  # a live writer in another process
+    live.write_bytes(data[:100])
+
+    assert cache.get(digest) is None
+    assert not cache.contains(digest)
+    assert cache.stats().entries == 0 and cache.stats().temp_files == 2
+
+    assert cache.prune().removed_temp_files == 0  # too young: may still be being written
+    set_age(dead, STALE_TEMP_AGE + 60)
+    result = cache.prune()
+    assert result.removed_temp_files == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_eviction_keeps_size_under_bound_in_lru_order(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, max_size=10_000, memory_bytes=0)
+    chunks = [chunk(i) for i in range(10)]
+    for i, (digest, data) in enumerate(chunks):
+        cache.put(digest, data)
+        set_age(cache.path_for(digest), 3600 - i * 10)  # chunk 0 oldest ... chunk 9 newest
+    assert cache.stats().bytes == 10_000 and cache.stats().evictions == 0
+
+    # Reading chunk 0 from disk makes it the most recently used.
+    assert cache.get(chunks[0][0]) == chunks[0][1]
+
+    extra = chunk(100)
+    cache.put(*extra)
+    present = {d for d, _ in [*chunks, extra] if cache.path_for(d).exists()}
+    assert cache.stats().bytes <= 10_000
+    # The least recently used went first: chunks 1 and 2, not the re-read chunk 0.
+    assert chunks[1][0] not in present and chunks[2][0] not in present
+    assert {chunks[0][0], extra[0]} <= present
+    assert {d for d, _ in chunks[3:]} <= present
+    assert cache.stats().evictions == 2
+
+
+def test_bounded_cache_opened_over_its_limit_evicts_at_open(tmp_path: Path) -> None:
+    unbounded = ChunkCache(tmp_path)
+    chunks = [chunk(i) for i in range(8)]
+    for i, (digest, data) in enumerate(chunks):
+        unbounded.put(digest, data)
+        set_age(unbounded.path_for(digest), 1000 - i)
+
+    bounded = ChunkCache(tmp_path, max_size=3000)
+    assert bounded.stats().bytes == 3000
+    assert [d for d, _ in chunks if bounded.path_for(d).exists()] == [d for d, _ in chunks[5:]]
+
+
+def test_prune_to_an_explicit_size_and_clear(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    for i in range(5):
+        cache.put(*chunk(i))
+    result = cache.prune(2500)
+    assert (result.removed_entries, result.remaining_entries, result.remaining_bytes) == (3, 2, 2000)
+    cleared = cache.clear()
+    assert (cleared.removed_entries, cleared.removed_bytes) == (2, 2000)
+    assert cache.stats().entries == 0 and cache.stats().memory_entries == 0
+
+
+def test_memory_tier_respects_its_byte_budget(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, memory_bytes=2500)
+    chunks = [chunk(i) for i in range(3)]
+    for digest, data in chunks:
+        cache.put(digest, data)
+    stats = cache.stats()
+    assert stats.memory_entries == 2 and stats.memory_used == 2000
+    assert not cache.in_memory(chunks[0][0])  # least recently used left memory; still on disk
+    assert cache.get(chunks[0][0]) == chunks[0][1]
+
+    big_digest, big = chunk(9, size=4000)  # larger than the whole budget: disk only
+    cache.put(big_digest, big)
+    assert not cache.in_memory(big_digest) and cache.get(big_digest) == big
+
+
+def test_entry_evicted_between_lookup_and_open_is_a_plain_miss(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, memory_bytes=0)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+    os.unlink(cache.path_for(digest))  # another process evicted it
+    assert cache.get(digest) is None
+    assert cache.read_range(digest, 0, 10) is None
+    assert cache.stats().read_errors == 0
+
+
+def test_torn_entry_is_not_served_and_is_rewritten_by_the_next_put(tmp_path: Path, expect_log: ExpectLog) -> None:
+    cache = ChunkCache(tmp_path, memory_bytes=0)
+    digest, data = chunk(1)
+    path = cache.path_for(digest)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data[:300])  # what a power loss can leave after the rename
+    with expect_log(r"is 300 bytes, expected 1000", count=2):
+        assert cache.get(digest, size=len(data)) is None
+        assert cache.read_range(digest, 0, 10, size=len(data)) is None
+    assert cache.put(digest, data)
+    assert cache.get(digest, size=len(data)) == data
+
+
+def test_verify_detects_and_removes_a_corrupted_entry(tmp_path: Path, expect_log: ExpectLog) -> None:
+    cache = ChunkCache(tmp_path)
+    chunks = [chunk(i) for i in range(3)]
+    for digest, data in chunks:
+        cache.put(digest, data)
+    bad_digest, bad_data = chunks[1]
+    path = cache.path_for(bad_digest)
+    path.write_bytes(bytes([bad_data[0] ^ 1]) + bad_data[1:])  # one flipped bit, same length
+
+    with expect_log(r"is corrupt", count=1):
+        report = cache.verify(remove_bad=False)
+    assert report.bad == (bad_digest,) and report.removed == 0 and path.exists()
+
+    with expect_log(r"is corrupt; removing it", count=1):
+        report = cache.verify()
+    assert (report.checked, report.bytes_checked, report.bad, report.removed) == (3, 3000, (bad_digest,), 1)
+    assert not path.exists()
+    assert cache.get(bad_digest) is None  # dropped from memory too
+    assert cache.get(chunks[0][0]) == chunks[0][1]
+    assert cache.verify().bad == ()
+
+
+def test_disk_full_degrades_to_uncached_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: ExpectLog
+) -> None:
+    cache = ChunkCache(tmp_path)
+    real_write_all = chunk_cache._write_all
+
+    def disk_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:10])  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+    chunks = [chunk(i) for i in range(5)]
+    with expect_log(r"No space left on device.*until space is freed", count=1):
+        for digest, data in chunks:
+            assert cache.put(digest, data) is False
+            assert cache.get(digest) == data  # the reader is still served (from memory)
+    stats = cache.stats()
+    assert (stats.entries, stats.temp_files, stats.put_failures, stats.degraded) == (0, 0, 5, ("ENOSPC",))
+
+    monkeypatch.setattr(chunk_cache, "_write_all", real_write_all)  # space was freed
+    assert cache.put(*chunks[0]) is True
+    assert cache.stats().degraded == ()
+    monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+    with expect_log(r"No space left on device", count=1):  # a new episode warns again
+        assert cache.put(*chunks[1]) is False
+
+
+def test_read_only_cache_directory_degrades_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: ExpectLog
+) -> None:
+    def read_only(path: Path) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(chunk_cache, "_create_exclusive", read_only)
+    cache = ChunkCache(tmp_path)
+    with expect_log(r"Read-only file system", count=1):
+        for i in range(3):
+            assert cache.put(*chunk(i)) is False
+    assert cache.stats().put_failures == 3
+
+
+def test_unusable_cache_root_degrades_with_one_warning(tmp_path: Path, expect_log: ExpectLog) -> None:
+    # A real failure rather than a mock (permission bits do not stop root): the root's parent
+    # is a regular file, so neither creating the directory nor writing into it can work.
+    (tmp_path / "file").write_text("")
+    with expect_log(r"cannot create .*Not a directory", count=1):
+        cache = ChunkCache(tmp_path / "file" / "cache", max_size=10_000)
+        digest, data = chunk(1)
+        assert cache.put(digest, data) is False
+        assert cache.get(digest) == data
+        assert cache.stats().entries == 0
+    with pytest.raises(CacheError, match="cannot prune"):
+        cache.prune()
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_cache_dir() == Path("/var/cache/ocifs")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "ocifs"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec says to ignore it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ocifs"
+
+
+# A worker process: waits for the go signal so that all workers really overlap, then puts
+# (and reads back) shared and private chunks in its own order, several rounds.
+_WORKER = r"""
+import random, sys, time
+from pathlib import Path
+from ocifs.chunk_cache import ChunkCache
+from ocifs.digest import Digest
+
+root, worker, max_size, shared, private, rounds = sys.argv[1:7]
+worker, shared, private, rounds = int(worker), int(shared), int(private), int(rounds)
+cache = ChunkCache(root, max_size=None if max_size == "none" else int(max_size), memory_bytes=0)
+seeds = list(range(shared)) + [1000 * (worker + 1) + i for i in range(private)]
+random.Random(worker).shuffle(seeds)
+Path(root, f"ready-{worker}").touch()
+while not Path(root, "go").exists():
+    time.sleep(0.005)
+for _ in range(rounds):
+    for seed in seeds:
+        data = random.Random(seed).randbytes(1024 * (1 + seed % 48))
+        digest = Digest.of_bytes(data)
+        assert cache.put(digest, data), seed
+        got = cache.get(digest)
+        assert got is None or got == data, seed  # None: evicted by another process meanwhile
+"""
+
+SHARED, PRIVATE, WORKERS = 12, 12, 4
+
+
+def run_workers(root: Path, max_size: int | None, rounds: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [str(max_size or "none"), str(SHARED), str(PRIVATE), str(rounds)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, str(root), str(w), *args], env=env) for w in range(WORKERS)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((root / f"ready-{w}").exists() for w in range(WORKERS)):
+            assert time.monotonic() < deadline, "workers did not start"
+            assert all(p.poll() is None for p in procs), "a worker died before starting"
+            time.sleep(0.01)
+        (root / "go").touch()
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0] * WORKERS
+
+
+def test_concurrent_processes_fill_one_cache_consistently(tmp_path: Path) -> None:
+    run_workers(tmp_path, None, rounds=3)
+    cache = ChunkCache(tmp_path)
+    stats = cache.stats()
+    assert stats.entries == SHARED + WORKERS * PRIVATE
+    assert stats.temp_files == 0
+    report = cache.verify()
+    assert report.checked == stats.entries and report.bad == ()
+
+
+def test_concurrent_processes_evicting_leave_a_consistent_bounded_cache(tmp_path: Path) -> None:
+    max_size = 400 * 1024  # well under the ~1.5 MiB the workers write together
+    run_workers(tmp_path, max_size, rounds=4)
+    cache = ChunkCache(tmp_path, max_size=max_size)  # opening rescans and enforces the bound
+    stats = cache.stats()
+    assert 0 < stats.bytes <= max_size
+    assert stats.temp_files == 0
+    assert cache.verify().bad == ()
