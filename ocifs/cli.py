@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ocifs import __version__
-from ocifs.errors import OcifsError, UsageError
+from ocifs.errors import OcifsError, UsageError, first_error
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
 from ocifs.registry.retry import RetryPolicy
@@ -228,7 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:
+            # trio nurseries wrap failures in groups; the user gets the one that caused it.
+            raise first_error(group) from group
     except OcifsError as exc:
         if args.debug:
             log.exception("failed")

@@ -14,7 +14,7 @@ from typing import Any
 from ocifs.errors import InvalidDigest
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^([a-z0-9]+):([a-f0-9]+)$")
+_DIGEST_RE = re.compile(r"([a-z0-9]+):([a-f0-9]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class Digest:
         """Parse ``text``; raise :class:`InvalidDigest` unless it is sha256/sha512 lowercase hex."""
         if not isinstance(text, str):
             raise InvalidDigest(f"digest must be a string, got {type(text).__name__}")
-        match = _DIGEST_RE.match(text)
+        match = _DIGEST_RE.fullmatch(text)
         if match is None:
             raise InvalidDigest(f"malformed digest {_excerpt(text)!s}")
         algorithm, hexpart = match.groups()

@@ -9,6 +9,9 @@ meets them and never escape as themselves.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class OcifsError(Exception):
     """Base of every error ocifs reports to a user.
@@ -93,3 +96,39 @@ class RegistryUnavailable(RegistryError):
 
 class CacheError(OcifsError):
     """The local chunk cache cannot be used (unwritable, full, corrupt beyond repair)."""
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The error to report for ``exc``: itself, or for an exception group the first leaf that is
+    an :class:`OcifsError` (else the first leaf that is not a cancellation).
+
+    trio nurseries wrap every failure in an ``ExceptionGroup``; a user wants the one line that
+    caused it, not the group.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = list(_leaves(exc))
+    for leaf in leaves:
+        if isinstance(leaf, OcifsError):
+            return leaf
+    for leaf in leaves:
+        if type(leaf).__name__ != "Cancelled":
+            return leaf
+    return leaves[0] if leaves else exc
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+@contextmanager
+def collapse_groups() -> Iterator[None]:
+    """Re-raise an exception group escaping the block as its :func:`first_error`."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None

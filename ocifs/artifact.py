@@ -1,0 +1,47 @@
+"""Resolve a reference to a validated :class:`~ocifs.index.Artifact` and load its chunk indexes.
+
+Shared by ``inspect``, ``pull`` and the mount daemon: one place turns registry bytes into
+spec-checked values. A tag is resolved once to a digest; everything after uses the digest, so
+a tag moved meanwhile cannot mix two versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ocifs import index
+from ocifs.errors import FormatError
+from ocifs.reference import Reference
+from ocifs.registry.client import DOCKER_MANIFEST_LIST, OCI_INDEX, RegistryClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """An artifact pinned to its manifest digest."""
+
+    reference: Reference  # carries the digest
+    artifact: index.Artifact
+
+
+async def resolve(client: RegistryClient, ref: Reference) -> Resolved:
+    """Fetch and validate the manifest ``ref`` names; raise FormatError for anything but an artifact."""
+    manifest = await client.get_manifest(ref.repository, ref.selector)
+    if manifest.media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST):
+        raise FormatError(
+            f"{ref} is an image index (multi-platform image), not a single artifact",
+            hint="name one of its manifests by digest",
+        )
+    artifact = index.parse_manifest(manifest.data)
+    pinned = ref.with_digest(manifest.digest)
+    if ref.digest is None:
+        log.debug("%s resolved to %s", ref, manifest.digest)
+    return Resolved(pinned, artifact)
+
+
+async def load_chunk_index(client: RegistryClient, repository: str, file: index.ChunkedFile) -> index.ChunkIndex:
+    """Download, verify and validate the chunk index of ``file`` against the manifest."""
+    data = await client.get_blob(repository, file.index.digest, file.index.size)
+    return index.parse_chunk_index(data, file)

@@ -1,0 +1,85 @@
+"""``ocifs inspect``: what an artifact holds, from its manifest alone (no chunk is fetched)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import trio
+
+from ocifs import index
+from ocifs.artifact import Resolved, resolve
+from ocifs.reference import parse_reference
+from ocifs.registry.client import ClientOptions
+from ocifs.registry.connect import connect
+
+
+def describe(resolved: Resolved) -> dict[str, Any]:
+    """The machine-readable description ``--json`` prints."""
+    artifact = resolved.artifact
+    files = []
+    for f in artifact.files:
+        if isinstance(f, index.ChunkedFile):
+            files.append(
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "kind": "chunked",
+                    "chunks": len(f.chunks),
+                    "digest": str(f.file_digest) if f.file_digest else None,
+                    "index": str(f.index.digest),
+                }
+            )
+        else:
+            files.append(
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "kind": "plain",
+                    "chunks": 1,
+                    "digest": str(f.digest),
+                    "mediaType": f.media_type,
+                }
+            )
+    return {
+        "reference": str(resolved.reference),
+        "digest": str(resolved.reference.digest),
+        "mediaType": artifact.media_type,
+        "artifactType": artifact.artifact_type,
+        "annotations": dict(artifact.annotations),
+        "files": files,
+        "skippedLayers": [str(d.digest) for d in artifact.skipped],
+        "totalSize": artifact.total_size,
+    }
+
+
+def render(desc: dict[str, Any]) -> str:
+    """A human table: one line per file and a total."""
+    lines = [f"{desc['reference']}", f"artifactType: {desc['artifactType'] or '-'}"]
+    width = max([len(f["path"]) for f in desc["files"]] + [4])
+    lines.append(f"{'PATH':<{width}}  {'SIZE':>14}  {'KIND':<7}  {'CHUNKS':>6}  DIGEST")
+    for f in desc["files"]:
+        digest = f["digest"] or "(not recorded)"
+        lines.append(f"{f['path']:<{width}}  {f['size']:>14,}  {f['kind']:<7}  {f['chunks']:>6}  {digest}")
+    lines.append(f"{len(desc['files'])} file(s), {desc['totalSize']:,} bytes")
+    if desc["skippedLayers"]:
+        lines.append(f"{len(desc['skippedLayers'])} layer(s) without a title ignored")
+    return "\n".join(lines)
+
+
+def run_inspect(args: argparse.Namespace, options: ClientOptions) -> int:
+    ref = parse_reference(args.reference)
+
+    async def go() -> Resolved:
+        async with connect(ref.registry, options) as client:
+            return await resolve(client, ref)
+
+    desc = describe(trio.run(go))
+    if args.json:
+        json.dump(desc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render(desc))
+    return 0
