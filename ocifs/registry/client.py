@@ -502,7 +502,9 @@ class RegistryClient:
                         challenge = parse_challenge(response.headers.get("www-authenticate"))
                         if challenge is not None and (challenge.scheme == "bearer" or self._credentials):
                             auth_retried = True
-                            if self._challenge is not None and self._challenge.scheme == "bearer":
+                            # Drop the token only if this request carried it: a request sent before
+                            # another task learned the challenge must not discard that task's token.
+                            if authorization and authorization.startswith("Bearer ") and self._challenge:
                                 self._tokens.invalidate(self._challenge, scopes)
                             self._challenge = challenge
                             attempt -= 1  # an auth round trip is not a failure
