@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ocifs import __version__
+from ocifs import __version__, config
 from ocifs.errors import OcifsError, UsageError, first_error
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
@@ -29,18 +29,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def parse_size(text: str) -> int:
-    """``16M``, ``1.5GiB``, ``4096`` → bytes (binary units)."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
-    suffix = raw[-1:] if raw[-1:] in units and raw[-1:] != "" else ""
-    number = raw[: len(raw) - len(suffix)] if suffix else raw
+    """``16M``, ``1.5GiB``, ``4096`` → bytes (binary units), for argparse."""
     try:
-        value = float(number)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 16M, 2G, 4096)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: negative")
-    return int(value * units[suffix])
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
@@ -53,15 +46,53 @@ def positive_int(text: str) -> int:
     return value
 
 
+DEFAULT_JOBS = 8
+DEFAULT_RETRIES = 5
+
+
+def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
+    """Fill every option the command line left unset from the configuration files, then defaults.
+
+    Flags always win; registry-specific settings apply to the registry the command names.
+    """
+    if getattr(args, "jobs", False) is None:
+        args.jobs = settings.jobs or DEFAULT_JOBS
+    if getattr(args, "retries", False) is None:
+        args.retries = settings.retries or DEFAULT_RETRIES
+    if hasattr(args, "cache_dir") and args.cache_dir is None:
+        args.cache_dir = settings.cache_dir
+    if hasattr(args, "cache_max_size") and args.cache_max_size is None:
+        args.cache_max_size = settings.cache_max_size
+    args.cache_memory = settings.cache_memory
+    host = _registry_of(args)
+    if host is not None and hasattr(args, "plain_http"):
+        registry = settings.registry(host)
+        args.plain_http = args.plain_http or registry.plain_http
+        args.ca_file = args.ca_file or registry.ca_file
+        args.insecure = args.insecure or registry.insecure
+        args.mirrors = list(registry.mirrors)
+
+
+def _registry_of(args: argparse.Namespace) -> str | None:
+    """The registry host the command talks to, if it names one (bad references fail later)."""
+    text = getattr(args, "reference", None) or (f"{args.registry}/x" if getattr(args, "registry", None) else None)
+    if not text:
+        return None
+    try:
+        return parse_reference(text).registry
+    except OcifsError:
+        return None
+
+
 def client_options(args: argparse.Namespace) -> ClientOptions:
-    """Registry connection options from the common flags."""
-    jobs = getattr(args, "jobs", 8) or 8
+    """Registry connection options from the common flags (after :func:`apply_settings`)."""
+    jobs = getattr(args, "jobs", None) or DEFAULT_JOBS
     return ClientOptions(
         plain_http=args.plain_http,
         ca_file=args.ca_file,
         insecure=args.insecure,
         max_connections=max(8, jobs * 2),
-        retry=RetryPolicy(attempts=args.retries),
+        retry=RetryPolicy(attempts=args.retries or DEFAULT_RETRIES),
     )
 
 
@@ -70,7 +101,7 @@ def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plain-http", action="store_true", help="use HTTP, not HTTPS (automatic for loopback)")
     group.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
     group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
-    group.add_argument("--retries", type=positive_int, default=5, help="attempts per request (default 5)")
+    group.add_argument("--retries", type=positive_int, default=None, help="attempts per request (default 5)")
 
 
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to push")
     p.add_argument("--chunk-size", type=parse_size, default=None, help="chunk size (default 16M)")
     p.add_argument("--max-layers", type=positive_int, default=None, help="layer budget per manifest (default 10000)")
-    p.add_argument("-j", "--jobs", type=positive_int, default=8, help="parallel uploads (default 8)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=None, help="parallel uploads (default 8)")
     p.add_argument("--from", dest="mount_from", metavar="REPO", help="mount chunks from this repository if there")
     p.add_argument("--no-file-digest", action="store_true", help="skip the whole-file sha256")
     p.add_argument("--artifact-type", help="the manifest's artifactType")
@@ -124,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="download an artifact's files, verified")
     p.add_argument("reference")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="target directory (default .)")
-    p.add_argument("-j", "--jobs", type=positive_int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=None, help="parallel downloads (default 8)")
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only files matching GLOB")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     _add_registry_flags(p)
@@ -229,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         try:
+            apply_settings(args, config.load_settings())
             return handler(args)
         except BaseExceptionGroup as group:
             # trio nurseries wrap failures in groups; the user gets the one that caused it.
