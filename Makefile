@@ -8,9 +8,9 @@ APT_PACKAGES := docker-registry fuse3 libfuse3-dev pkg-config skopeo rclone syst
 APT_COMMANDS := docker-registry fusermount3 pkg-config skopeo rclone systemd-analyze curl
 PYTEST_ARGS ?=
 
-.PHONY: setup apt-deps demo test bench clean
+.PHONY: setup apt-deps install-bin demo test bench clean
 
-setup: apt-deps $(VENV)/.stamp
+setup: apt-deps $(VENV)/.stamp install-bin
 
 # Checks the commands each time (cheap) rather than trusting a stamp file.
 apt-deps:
@@ -25,6 +25,14 @@ $(VENV)/.stamp: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
+
+# mount(8), fstab and systemd units find `ocifs` in /usr/local/bin and the mount helper in /sbin
+# (mount strips PATH; see docs/operations.md). As root, link them to this virtualenv.
+install-bin: $(VENV)/.stamp
+	@if [ "$$(id -u)" = 0 ]; then \
+	  ln -sfn $(CURDIR)/$(VENV)/bin/ocifs /usr/local/bin/ocifs; \
+	  ln -sfn $(CURDIR)/$(VENV)/bin/mount.fuse.ocifs /sbin/mount.fuse.ocifs; \
+	else echo "not root: skipping /usr/local/bin/ocifs and /sbin/mount.fuse.ocifs (mount -t fuse.ocifs needs them)"; fi
 
 demo: setup
 	@$(VENV)/bin/python scripts/demo.py
