@@ -1,0 +1,511 @@
+"""The registry client against the real registry through the fault proxy.
+
+Every fault is either retried to success or ends in one clear error; a stalled body is
+abandoned and retried instead of hanging; corrupt bytes are returned by the client (it does not
+hash blobs) but the fetcher never serves or caches them; ``Retry-After`` is honoured; a
+redirect to another host gets no ``Authorization``. Retry delays are shortened so each test
+takes about a second at most.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.server
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from support.fault_proxy import (
+    Fault,
+    FaultProxy,
+    Flip,
+    Redirect,
+    Reset,
+    Slow,
+    Stall,
+    Status,
+    Truncate,
+    WrongLength,
+    too_many_requests,
+)
+from support.registry import RegistryFactory, RegistryServer
+
+from ocifs.chunk_cache import ChunkCache
+from ocifs.digest import Digest
+from ocifs.errors import IntegrityError, RegistryUnavailable
+from ocifs.fetcher import Fetcher
+from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
+from ocifs.registry.credentials import Credentials
+from ocifs.registry.retry import RetryPolicy
+
+ExpectLog = Callable[..., AbstractContextManager[Any]]
+
+REPO = "faults/client"
+BLOB_SIZE = 512 * 1024
+ATTEMPTS = 4
+FAST = RetryPolicy(attempts=ATTEMPTS, base_delay=0.01, max_delay=0.05)
+BLOB_PATH = r"/v2/faults/client/blobs/sha256:"
+
+
+@pytest.fixture
+def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    with FaultProxy(registry.host) as p:
+        yield p
+    assert p.errors == []
+
+
+def client_via(proxy: FaultProxy, credentials: Credentials | None = None, **options: Any) -> RegistryClient:
+    opts = ClientOptions(**{"retry": FAST, "read_timeout": 2.0, **options})
+    return RegistryClient(proxy.host, credentials=credentials, options=opts)
+
+
+async def store_blob(
+    server: RegistryServer, size: int = BLOB_SIZE, seed: int = 1, credentials: Credentials | None = None
+) -> tuple[Digest, bytes]:
+    """Upload a random blob straight to the registry (not through the proxy)."""
+    data = random_bytes(size, seed)
+    digest = Digest.of_bytes(data)
+    async with RegistryClient(server.host, credentials=credentials) as direct:
+        await direct.upload_blob(REPO, digest, data)
+    return digest, data
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# Faults on a blob GET: (fault, what a persistent one leaves in the error message).
+RESPONSE_FAULTS: dict[str, tuple[Fault, str]] = {
+    "reset-at-once": (Reset(after=None), "connection broken"),
+    "reset-after-head": (Reset(after=0), "connection broken"),
+    "reset-mid-body": (Reset(after=100_000), "connection broken"),
+    "truncated": (Truncate(after=100_000), "connection broken"),
+    "length-too-long": (WrongLength(+1000), "connection broken"),
+    "length-too-short": (WrongLength(-1000), "body ended after"),
+    "500": (Status(500), "HTTP 500|UNAVAILABLE"),
+    "502": (Status(502), "UNAVAILABLE"),
+    "503": (Status(503), "UNAVAILABLE"),
+    "504": (Status(504), "UNAVAILABLE"),
+    "stall-before-head": (Stall(after=None), "timed out"),
+    "stall-mid-body": (Stall(after=100_000), "timed out"),
+}
+
+
+@pytest.mark.parametrize("name", list(RESPONSE_FAULTS))
+async def test_blob_get_fault_burst_is_retried_to_success(
+    registry: RegistryServer, proxy: FaultProxy, name: str
+) -> None:
+    fault, _ = RESPONSE_FAULTS[name]
+    digest, data = await store_blob(registry)
+    proxy.add(fault, method="GET", path=BLOB_PATH, times=2)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=0.3) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+        assert client.stats.retries == 2
+    assert proxy.count("GET", BLOB_PATH) == 3
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("name", list(RESPONSE_FAULTS))
+async def test_persistent_blob_get_fault_is_one_clear_error(
+    registry: RegistryServer, proxy: FaultProxy, name: str
+) -> None:
+    fault, message = RESPONSE_FAULTS[name]
+    digest, data = await store_blob(registry)
+    proxy.add(fault, method="GET", path=BLOB_PATH, times=None)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=0.3) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_blob(REPO, digest, len(data))
+    text = str(info.value)
+    assert "\n" not in text and proxy.host in text and f"blob {digest.short}" in text
+    assert re.search(message, text), text
+    assert proxy.count("GET", BLOB_PATH) == ATTEMPTS
+    # Four attempts, each abandoned after at most read_timeout: bounded, never a hang.
+    assert time.monotonic() - started < ATTEMPTS * 0.3 + 3
+
+
+# Every other kind of request the client makes, hit by a 503 burst and by a reset before the
+# response: all are retried (POST and PUT too: a new upload session or a repeated PUT is harmless).
+OPERATIONS = {
+    "ping": ("GET", r"^/v2/$"),
+    "head-blob": ("HEAD", BLOB_PATH),
+    "range-get": ("GET", BLOB_PATH),
+    "start-upload": ("POST", r"/blobs/uploads/$"),
+    "finish-upload": ("PUT", r"/blobs/uploads/.+digest="),
+    "put-manifest": ("PUT", r"/manifests/v1$"),
+    "get-manifest": ("GET", r"/manifests/v1$"),
+    "head-manifest": ("HEAD", r"/manifests/v1$"),
+    "tags": ("GET", r"/tags/list"),
+}
+
+
+async def run_operation(client: RegistryClient, name: str, digest: Digest, data: bytes) -> None:
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.ocifs.test",
+            "config": {"mediaType": "application/octet-stream", "digest": str(digest), "size": len(data)},
+            "layers": [],
+        }
+    ).encode()
+    if name == "ping":
+        await client.ping()
+    elif name == "head-blob":
+        assert await client.blob_size(REPO, digest) == len(data)
+    elif name == "range-get":
+        assert await client.get_blob_range(REPO, digest, 10, 5000) == data[10:5000]
+    elif name in ("start-upload", "finish-upload"):
+        fresh = data[::-1]
+        assert await client.upload_blob(REPO, Digest.of_bytes(fresh), fresh) == "uploaded"
+        assert await client.get_blob(REPO, Digest.of_bytes(fresh)) == fresh
+    elif name == "put-manifest":
+        assert await client.put_manifest(REPO, "v1", manifest, OCI_MANIFEST) == Digest.of_bytes(manifest)
+    elif name in ("get-manifest", "head-manifest", "tags"):
+        await client.put_manifest(REPO, "v1", manifest, OCI_MANIFEST)
+        if name == "get-manifest":
+            assert (await client.get_manifest(REPO, "v1")).data == manifest
+        elif name == "head-manifest":
+            assert await client.head_manifest(REPO, "v1") == Digest.of_bytes(manifest)
+        else:
+            assert await client.list_tags(REPO) == ["v1"]
+
+
+@pytest.mark.parametrize("fault", [Status(503), Reset(after=None)], ids=["503", "reset"])
+@pytest.mark.parametrize("name", list(OPERATIONS))
+async def test_every_request_kind_is_retried(
+    registry: RegistryServer, proxy: FaultProxy, name: str, fault: Fault
+) -> None:
+    digest, data = await store_blob(registry, size=10_000)
+    method, path = OPERATIONS[name]
+    rule = proxy.add(fault, method=method, path=path, times=2)
+    async with client_via(proxy) as client:
+        await run_operation(client, name, digest, data)
+        assert client.stats.retries == 2
+    assert rule.fired == 2
+
+
+async def test_stalled_body_is_abandoned_after_read_timeout_and_retried(
+    registry: RegistryServer, proxy: FaultProxy
+) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(Stall(after=64 * 1024, seconds=None), method="GET", path=BLOB_PATH)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=0.5) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 3
+    stalled, retried = proxy.records("GET", BLOB_PATH)
+    assert stalled.fault and stalled.response_bytes == 64 * 1024
+    assert retried.fault is None and retried.response_bytes == len(data)
+
+
+async def test_a_pause_shorter_than_the_read_timeout_is_waited_out(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(Stall(after=1000, seconds=0.4), method="GET", path=BLOB_PATH)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=2.0) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+        assert client.stats.retries == 0
+    assert time.monotonic() - started >= 0.4
+
+
+async def test_slow_body_completes_without_timing_out(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry)
+    # 512 KiB at 1 MiB/s: half a second in all, but bytes keep coming well within read_timeout.
+    proxy.add(Slow(rate=1024 * 1024), method="GET", path=BLOB_PATH)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=0.3) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+        assert client.stats.retries == 0
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+UPLOAD_PUT = r"/blobs/uploads/.+digest="
+
+UPLOAD_FAULTS: dict[str, Fault] = {
+    # The registry stored the blob but its 201 never arrived: the repeated PUT finds the session
+    # gone (BLOB_UPLOAD_UNKNOWN) and the client starts a new one.
+    "reply-lost": Status(503, forward=True),
+    "reset-mid-upload": Reset(after=100_000, on="request"),
+    "reset-before-reply": Reset(after=None),
+    "stalled-upload": Stall(after=100_000, on="request"),
+    "stalled-reply": Stall(after=None),
+}
+
+
+@pytest.mark.parametrize("name", list(UPLOAD_FAULTS))
+async def test_upload_fault_is_retried_to_a_complete_blob(
+    registry: RegistryServer, proxy: FaultProxy, name: str
+) -> None:
+    data = random_bytes(BLOB_SIZE, 5)
+    digest = Digest.of_bytes(data)
+    rule = proxy.add(UPLOAD_FAULTS[name], method="PUT", path=UPLOAD_PUT, times=1)
+    started = time.monotonic()
+    async with client_via(proxy, read_timeout=0.5) as client:
+        assert await client.upload_blob(REPO, digest, data) == "uploaded"
+    assert rule.fired == 1 and time.monotonic() - started < 5
+    async with RegistryClient(registry.host) as direct:
+        assert await direct.get_blob(REPO, digest, len(data)) == data
+
+
+async def test_slow_upload_completes_without_timing_out(registry: RegistryServer, proxy: FaultProxy) -> None:
+    data = random_bytes(BLOB_SIZE, 6)
+    digest = Digest.of_bytes(data)
+    # 512 KiB at 1 MiB/s: the proxy reads a slice every 20 ms, so the client's send keeps moving.
+    proxy.add(Slow(rate=1024 * 1024, on="request"), method="PUT", path=UPLOAD_PUT)
+    async with client_via(proxy, read_timeout=2.0) as client:
+        assert await client.upload_blob(REPO, digest, data) == "uploaded"
+        assert client.stats.retries == 0
+    (put,) = proxy.records("PUT", UPLOAD_PUT)
+    assert put.request_bytes == len(data) and put.status == 201
+
+
+# -- corrupt bytes ------------------------------------------------------------------------------
+
+
+def cache_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+async def test_client_returns_flipped_bytes_but_the_fetcher_never_serves_or_caches_them(
+    registry: RegistryServer, proxy: FaultProxy, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(Flip(offset=12345, mask=0x40), method="GET", path=BLOB_PATH, times=None)
+    async with client_via(proxy) as client:
+        # The client's contract: exact length, digest unchecked (the fetcher hashes in a thread).
+        corrupt = await client.get_blob(REPO, digest, len(data))
+        assert len(corrupt) == len(data) and corrupt != data
+        assert corrupt[12345] == data[12345] ^ 0x40
+        cache = ChunkCache(tmp_path / "cache")
+        fetcher = Fetcher(client, cache, retries=2, retry_base_delay=0.01)
+        with expect_log(r"does not match its digest", count=3), pytest.raises(IntegrityError) as info:
+            await fetcher.get(REPO, digest, len(data))
+    assert str(digest) in str(info.value) and "\n" not in str(info.value)
+    assert fetcher.stats().integrity_failures == 3
+    assert not cache.contains(digest)
+    assert cache_files(tmp_path / "cache") == []
+
+
+async def test_a_transient_flip_is_retried_and_only_the_good_bytes_are_cached(
+    registry: RegistryServer, proxy: FaultProxy, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(Flip(offset=len(data) - 1), method="GET", path=BLOB_PATH, times=1)
+    async with client_via(proxy) as client:
+        cache = ChunkCache(tmp_path / "cache", memory_bytes=0)
+        fetcher = Fetcher(client, cache, retries=2, retry_base_delay=0.01)
+        with expect_log(r"does not match its digest", count=1):
+            assert await fetcher.get(REPO, digest, len(data)) == data
+    assert fetcher.stats().integrity_failures == 1 and fetcher.stats().downloads == 2
+    assert cache.get_disk(digest) == data
+    assert [p.read_bytes() for p in cache_files(tmp_path / "cache")] == [data]
+
+
+async def test_flipped_manifest_fetched_by_digest_is_refused(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry, size=100)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/octet-stream", "digest": str(digest), "size": len(data)},
+            "layers": [],
+        }
+    ).encode()
+    async with RegistryClient(registry.host) as direct:
+        manifest_digest = await direct.put_manifest(REPO, "v1", manifest, OCI_MANIFEST)
+    proxy.add(Flip(offset=40), method="GET", path=r"/manifests/sha256:", times=None)
+    async with client_via(proxy) as client:
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            await client.get_manifest(REPO, str(manifest_digest))
+
+
+# -- 429 and Retry-After ------------------------------------------------------------------------
+
+
+async def test_429_retry_after_seconds_is_honoured(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(too_many_requests(1), method="GET", path=BLOB_PATH, times=1)
+    started = time.monotonic()
+    # The backoff alone would wait at most 0.01 s: the second attempt waits for Retry-After.
+    async with client_via(proxy, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=5)) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+    first, second = proxy.records("GET", BLOB_PATH)
+    assert first.status == 429 and second.status == 200
+    assert 1.0 <= second.time - first.time < 2.5
+    assert time.monotonic() - started < 3
+
+
+async def test_429_retry_after_http_date_is_honoured(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(too_many_requests(email.utils.formatdate(time.time() + 2, usegmt=True)), method="HEAD", times=1)
+    async with client_via(proxy, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=5)) as client:
+        assert await client.blob_size(REPO, digest) == len(data)
+    first, second = proxy.records("HEAD")
+    # An HTTP-date has whole seconds: "now + 2 s" means a wait of 1 to 2 s.
+    assert 0.9 <= second.time - first.time < 3
+
+
+async def test_retry_after_is_capped_by_max_delay(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, data = await store_blob(registry)
+    proxy.add(too_many_requests(3600), method="GET", path=BLOB_PATH, times=1)
+    started = time.monotonic()
+    async with client_via(proxy, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.2)) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+    assert time.monotonic() - started < 2
+
+
+async def test_persistent_429_is_one_clear_error(registry: RegistryServer, proxy: FaultProxy) -> None:
+    digest, _ = await store_blob(registry)
+    proxy.add(too_many_requests(0), method="GET", path=BLOB_PATH, times=None)
+    async with client_via(proxy) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_blob(REPO, digest)
+    text = str(info.value)
+    assert "TOOMANYREQUESTS" in text and f"after {ATTEMPTS} attempts" in text and "\n" not in text
+    assert proxy.count("GET", BLOB_PATH) == ATTEMPTS
+
+
+# -- redirects ----------------------------------------------------------------------------------
+
+
+async def test_redirect_to_another_host_carries_no_authorization(registry_factory: RegistryFactory) -> None:
+    server = registry_factory(basic=True)
+    user, password = server.credentials()
+    credentials = Credentials(user, password)
+    digest, data = await store_blob(server, credentials=credentials)
+    # The redirect target plays a pre-signed URL: it brings its own credentials upstream.
+    presigned = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    with FaultProxy(server.host, redirect_authorization=presigned) as proxy:
+        proxy.add(Redirect(), method="GET", path=BLOB_PATH, times=None)
+        async with client_via(proxy, credentials) as client:
+            await client.ping()  # learn the Basic challenge: every request after carries credentials
+            assert await client.get_blob(REPO, digest, len(data)) == data
+            assert await client.get_blob_range(REPO, digest, 1000, 2000) == data[1000:2000]
+            assert await client.blob_size(REPO, digest) == len(data)  # HEAD: not redirected
+        assert proxy.errors == []
+    redirected = proxy.records("GET", BLOB_PATH)
+    assert [r.status for r in redirected] == [307, 307]
+    assert all(r.headers.get("authorization", "").startswith("Basic ") for r in redirected)
+    served = proxy.records("GET", BLOB_PATH, listener="redirect")
+    assert [r.status for r in served] == [200, 206]
+    assert served[1].headers["range"] == "bytes=1000-1999"
+    for record in served:
+        assert "authorization" not in record.headers, record.headers
+        assert password not in json.dumps(record.headers)
+
+
+# -- the proxy itself ---------------------------------------------------------------------------
+
+
+async def test_proxy_is_transparent_under_many_concurrent_connections(
+    registry: RegistryServer, proxy: FaultProxy
+) -> None:
+    blobs = [await store_blob(registry, size=100_000 + n, seed=n) for n in range(40)]
+    async with client_via(proxy, max_connections=40) as client:
+
+        async def fetch(digest: Digest, data: bytes) -> None:
+            assert await client.get_blob(REPO, digest, len(data)) == data
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                for digest, data in blobs:
+                    nursery.start_soon(fetch, digest, data)
+        assert client.stats.retries == 0
+    assert proxy.count("GET", BLOB_PATH) == 120
+    assert {r.status for r in proxy.records("GET", BLOB_PATH)} == {200}
+
+
+class _ChunkedEcho(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with its decoded body, as a chunked response in three pieces."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = b""
+        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+            while (size := int(self.rfile.readline().split(b";")[0], 16)) != 0:
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        third = len(body) // 3 + 1
+        for start in range(0, len(body), third):
+            piece = body[start : start + third]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_proxy_handles_chunked_bodies_both_ways_and_applies_faults_to_the_payload() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedEcho)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with FaultProxy(f"127.0.0.1:{server.server_address[1]}") as proxy, httpx.Client(base_url=proxy.url) as web:
+            payload = os.urandom(300_000)
+            pieces = (payload[i : i + 7000] for i in range(0, len(payload), 7000))
+            assert web.post("/echo", content=pieces).content == payload  # chunked request
+            assert web.post("/echo", content=payload).content == payload  # Content-Length request
+            proxy.add(Flip(offset=150_000, mask=0xFF), path="/flip")
+            flipped = web.post("/flip", content=payload).content
+            assert len(flipped) == len(payload) and flipped[150_000] == payload[150_000] ^ 0xFF
+            proxy.add(Truncate(after=1000), path="/cut")
+            with pytest.raises(httpx.RemoteProtocolError):
+                web.post("/cut", content=payload)
+            assert web.post("/echo", content=b"after").content == b"after"
+            assert proxy.count("POST") == 5 and proxy.errors == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_proxy_close_ends_connections_stalled_forever() -> None:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedEcho)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    proxy = FaultProxy(f"127.0.0.1:{upstream.server_address[1]}").start()
+    proxy.add(Stall(after=None, seconds=None), times=None)
+    outcome: list[BaseException] = []
+
+    def stalled_request() -> None:
+        try:
+            httpx.post(proxy.url + "/x", content=b"", timeout=30)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    client = threading.Thread(target=stalled_request)
+    client.start()
+    try:
+        deadline = time.monotonic() + 5
+        while proxy.count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        proxy.close()
+        client.join(5)
+        assert not client.is_alive() and time.monotonic() - started < 3
+        assert outcome and isinstance(outcome[0], httpx.RemoteProtocolError)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
