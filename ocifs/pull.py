@@ -22,6 +22,11 @@ CPU-s per GiB; ``pread`` into a buffer costs 0.95, and CPU is what a 2-core host
 registry), while workers drop each piece as soon as it is written and the hash overlaps the
 downloads instead of following them.
 
+Files are not fsynced before the rename (like ``cp``, ``curl -o`` and ``oras pull``): an
+``fdatasync`` measured 0.5 s per GiB here, a large share of a pull, and a pull is cheap to check
+(``--json`` prints every digest) and to repeat (the chunks stay cached). A crash of the process
+never exposes a partial file; only a power loss before writeback can.
+
 Safety: paths were validated by :mod:`ocifs.index` (no ``..``, absolute paths, NUL...), and are
 checked again here: every directory inside the target is opened relative to its parent with
 ``O_NOFOLLOW``, so a symlink planted in the target directory is refused rather than followed,
@@ -187,6 +192,10 @@ class TargetDir:
                     raise _refusal(walked, "a directory", exc, fd, component) from None
                 os.close(fd)
                 fd = child
+            # Belt and braces: where the directory we hold really is, whatever happened meanwhile.
+            real = _real_path(fd)
+            if real is not None and os.path.commonpath([self.root, real]) != str(self.root):
+                raise FormatError(f"refusing to write {path!r}: its directory {real} is outside {self.root}")
             self._remove_stale_temps(fd)
         except BaseException:
             os.close(fd)
@@ -207,6 +216,14 @@ class TargetDir:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dir_fd)
                     log.debug("removed %s left by an interrupted pull", name)
+
+
+def _real_path(fd: int) -> str | None:
+    """The path the kernel has for an open directory (Linux /proc), or None if unavailable."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:

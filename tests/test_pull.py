@@ -23,7 +23,7 @@ from ocifs import index, push
 from ocifs.chunk_cache import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, UsageError
-from ocifs.pull import TEMP_PREFIX, PullOptions, PullResult, pull
+from ocifs.pull import TEMP_PREFIX, PullOptions, PullResult, TargetDir, pull
 from ocifs.reference import parse_reference
 from ocifs.registry.client import OCI_MANIFEST, RegistryClient
 
@@ -509,3 +509,20 @@ async def test_output_directory_may_itself_be_a_symlink(shared_registry: Registr
     result, _ = await do_pull(ref, tmp_path / "link", tmp_path / "cache")
     assert result.output == tmp_path / "real"
     assert tree(tmp_path / "real") == {"x/y.txt": b"y"}
+
+
+def test_target_dir_refuses_escapes_even_when_called_directly(tmp_path: Path) -> None:
+    target = TargetDir(tmp_path / "out")
+    try:
+        for path in ("../x", "/etc/x", "a/../../x", "a\x00b"):
+            with pytest.raises(FormatError):
+                target.open_parent(path)
+        (tmp_path / "out" / "a").write_bytes(b"a file")
+        with pytest.raises(OcifsError, match=r"cannot use .*/out/a: it exists and is not a directory"):
+            target.open_parent("a/b")
+        fd, name = target.open_parent("new/dir/file")
+        os.close(fd)
+        assert name == "file" and (tmp_path / "out" / "new" / "dir").is_dir()
+    finally:
+        target.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
