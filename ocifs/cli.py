@@ -189,6 +189,35 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--max-size", type=parse_size, metavar="SIZE", help="target size (default: configured)")
         cp.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_cache)
+
+    p = sub.add_parser(
+        "mount",
+        help="mount an artifact read-only; chunks are fetched lazily",
+        description="Mount REF read-only on MOUNTPOINT and detach once it is ready (-f: stay in the foreground)."
+        " A tag is pinned to its digest for the life of the mount. Live counters: the extended attribute"
+        " user.ocifs.stats of MOUNTPOINT (getfattr -n user.ocifs.stats --only-values MOUNTPOINT).",
+    )
+    p.add_argument("reference", help="REGISTRY/REPOSITORY:TAG or @DIGEST")
+    p.add_argument("mountpoint", help="an existing directory")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not detach; log to stderr")
+    p.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+        help="mount options: libfuse's (allow_other, ...) and ours as key=value (prefetch=whole, jobs=4, ...)",
+    )  # fmt: skip
+    p.add_argument("--prefetch", choices=["auto", "whole", "off"], default="auto",
+                   help="auto: read ahead of sequential readers (default); whole: fetch a file entirely when"
+                   " opened (mmap loaders such as safetensors); off: fetch only what is read")  # fmt: skip
+    p.add_argument("-j", "--jobs", type=positive_int, default=None, help="parallel downloads (default 8)")
+    p.add_argument("--log-file", metavar="FILE", help="where the detached daemon logs (default: nowhere)")
+    p.add_argument("--read-ahead-kb", type=positive_int, default=4096, help=argparse.SUPPRESS)
+    _add_registry_flags(p)
+    _add_cache_flags(p)
+    p.set_defaults(handler=_cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount an ocifs mount")
+    p.add_argument("mountpoint")
+    p.add_argument("-z", "--lazy", action="store_true", help="detach now even if busy; open files keep working")
+    p.set_defaults(handler=_cmd_umount)
     return parser
 
 
@@ -214,6 +243,19 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from ocifs.cache_cmd import run_cache
 
     return run_cache(args)
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    from ocifs.daemon import apply_options, run_mount
+
+    apply_options(args)  # -o keys of ours become flags first: they may change client options
+    return run_mount(args, client_options(args))
+
+
+def _cmd_umount(args: argparse.Namespace) -> int:
+    from ocifs.daemon import run_umount
+
+    return run_umount(args)
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
@@ -252,7 +294,7 @@ def setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ocifs`` command. Returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_mount_command(sys.argv[1:] if argv is None else argv))
     setup_logging(args.debug)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -279,7 +321,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def mount_helper_main() -> int:
-    """``mount.fuse.ocifs SRC MOUNTPOINT -o OPTS`` (called by mount(8)); implemented with the mount."""
-    print("ocifs: mount is not available in this version", file=sys.stderr)
-    return 1
+def _with_mount_command(argv: Sequence[str]) -> list[str]:
+    """``ocifs SRC MP -o OPTS`` (how mount.fuse3 runs us for ``-t fuse.ocifs``: no command) is
+    ``ocifs mount SRC MP -o OPTS``. A reference always contains "/", a command name never."""
+    argv = list(argv)
+    if argv and "/" in argv[0] and not argv[0].startswith("-"):
+        return ["mount", *argv]
+    return argv
+
+
+def mount_helper_main(argv: Sequence[str] | None = None) -> int:
+    """``mount.fuse.ocifs SRC MOUNTPOINT [-sfnv] [-o OPTS] [-t TYPE]``, as mount(8) runs a helper.
+
+    ``-o`` options are ours (``prefetch=whole``, ``cache_dir=...``; see ``ocifs mount -h``) or
+    libfuse's; mount(8)-only ones (``_netdev``, ``nofail``, ``x-*``...) are dropped by the mount.
+    ``-f`` (fake) does nothing; ``-s``, ``-n``, ``-v`` and ``-t`` are accepted and ignored.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    positional: list[str] = []
+    options: list[str] = []
+    fake = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-o", "-t", "-N") and i + 1 < len(args):
+            if arg == "-o":
+                options += ["-o", args[i + 1]]
+            elif arg == "-N":
+                print("ocifs: error: mount namespaces (-N) are not supported", file=sys.stderr)
+                return 1
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options += ["-o", arg[2:]]
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnvr"):
+            fake = fake or "f" in arg
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        print("usage: mount.fuse.ocifs REFERENCE MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        return 2
+    if fake:
+        return 0
+    return main(["mount", *positional, *options])

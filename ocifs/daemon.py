@@ -1,0 +1,569 @@
+"""``ocifs mount`` and ``ocifs umount``: the life of a mount, from fork to unmount.
+
+Owns: checking the mountpoint, detaching like other FUSE tools, the trio run that resolves the
+reference, builds the filesystem and serves pyfuse3, readiness (to the waiting parent and to
+systemd), kernel tuning of the mount, clean shutdown on signals, and splitting ``-o`` options
+into ours and libfuse's. Must not: implement any filesystem behaviour (``ocifs.fs``) or errno
+mapping (``ocifs.fuse_ops``).
+
+Lifecycle (facts verified on this kind of machine, ../shared/fuse.md):
+
+1. The parent checks the mountpoint, then forks **before** ``trio.run`` (forking after
+   ``pyfuse3.init``, s3ql's way, reported success for a dead mount). The child starts a new
+   session, resolves the reference once (a tag is pinned to its digest for the life of the
+   mount), mounts, and reports success or the error through a pipe only after an
+   ``os.stat`` of the mount root succeeds while ``pyfuse3.main()`` runs. The parent exits 0,
+   or 1 with the message. The child then points stdin/stdout/stderr at /dev/null (or the log
+   file): otherwise ``$(ocifs mount …)`` would hang on the inherited pipe.
+2. Nothing touches the mountpoint between ``pyfuse3.init`` and ``pyfuse3.main``: it deadlocks.
+3. After the kernel handshake (the stat above), the mount's bdi ``read_ahead_kb`` is raised
+   (the kernel resets it to 128 if set earlier); FUSE read requests are
+   ``min(read_ahead_kb, 1 MiB)``, 128 KiB by default, which halves the throughput.
+4. SIGTERM, SIGINT and SIGHUP → ``pyfuse3.terminate()`` → ``pyfuse3.close(unmount=True)``:
+   exit 0, unmounted. ``umount``/``ocifs umount`` make ``pyfuse3.main()`` return the same way.
+   ``auto_unmount`` makes libfuse's watcher remove the mount within 0.5 s if we crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ocifs import index
+from ocifs.artifact import resolve
+from ocifs.chunk_cache import ChunkCache
+from ocifs.errors import OcifsError, UsageError, first_error
+from ocifs.fetcher import Fetcher
+from ocifs.fs import ROOT_INODE, FileSystem
+from ocifs.fuse_ops import Operations
+from ocifs.prefetch import Prefetcher, PrefetchMode
+from ocifs.reference import parse_reference
+from ocifs.registry.client import ClientOptions
+from ocifs.registry.connect import connect
+
+log = logging.getLogger(__name__)
+
+#: The mount's readahead after the handshake, in KiB. 4 MiB gives 1 MiB requests and several
+#: of them in flight: ~1,300-1,400 MiB/s cold through pyfuse3 here, against ~670 MiB/s with
+#: the default 128 KiB (../shared/design.md §7). Larger values mainly buy parallelism but make
+#: every mmap page fault read more (a fault reads a readahead window around the page), which
+#: costs lazy loaders.
+DEFAULT_READ_AHEAD_KB = 4096
+
+#: FUSE background requests (readahead) in flight per mount; the kernel default is 12. With
+#: 5 ms per read, 16 MiB readahead and 64 background requests reached 962 MB/s where 12 gave
+#: 562 (../shared/fuse.md). pyfuse3 runs up to ~99 handlers, so 64 fits.
+DEFAULT_MAX_BACKGROUND = 64
+
+#: How long the child waits for the first stat of the mount root before giving up.
+READY_TIMEOUT = 30.0
+
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+#: mount(8) strips PATH; credential helpers (docker-credential-*) are found on it.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: ``-o`` keys that are ours (turned into flags), with whether they take a value.
+OCIFS_OPTIONS: dict[str, bool] = {
+    "prefetch": True,
+    "jobs": True,
+    "cache_dir": True,
+    "cache_max_size": True,
+    "log_file": True,
+    "retries": True,
+    "ca_file": True,
+    "read_ahead_kb": True,
+    "plain_http": False,
+    "insecure": False,
+    "debug": False,
+}
+
+#: ``-o`` options that mean something to mount(8), mount.fuse3 or systemd but not to libfuse,
+#: whose ``fuse_session_new`` fails on any option it does not know (../shared/fuse.md).
+DROPPED_OPTIONS = frozenset({"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner", "defaults"})
+DROPPED_PREFIXES = ("x-", "comment=", "X-")
+
+#: Forced: the files come from a registry, not from a trusted device. mount.fuse3 appends
+#: ``dev,suid``, so those are removed, and ``rw`` makes no sense for this filesystem.
+FORCED_OPTIONS = frozenset({"ro", "nosuid", "nodev", "auto_unmount"})
+REMOVED_OPTIONS = frozenset({"rw", "suid", "dev"})
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    """Everything a mount needs, resolved from flags and ``-o`` options."""
+
+    reference: str
+    mountpoint: str  # absolute
+    client_options: ClientOptions
+    foreground: bool = False
+    fuse_options: frozenset[str] = frozenset()
+    prefetch: PrefetchMode = PrefetchMode.AUTO
+    jobs: int = 8
+    cache_dir: str | None = None
+    cache_max_size: int | None = None
+    cache_memory: int | None = None
+    fetch_retries: int = 2
+    log_file: str | None = None
+    read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
+    max_background: int = DEFAULT_MAX_BACKGROUND
+
+
+# =================================================================================================
+# Options
+# =================================================================================================
+
+
+def split_options(values: Iterable[str]) -> tuple[dict[str, str | None], set[str]]:
+    """Split ``-o`` values (each comma separated) into ours and libfuse's.
+
+    Returns ``(ours, fuse)``: ``ours`` maps our keys (:data:`OCIFS_OPTIONS`, ``-`` accepted
+    for ``_``) to their value (``None`` for flags); ``fuse`` is what is left for libfuse,
+    without mount(8)/systemd-only options (:data:`DROPPED_OPTIONS`). A key of ours with a
+    missing or unexpected value is a :class:`UsageError`.
+    """
+    ours: dict[str, str | None] = {}
+    fuse: set[str] = set()
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item or item in DROPPED_OPTIONS or item.startswith(DROPPED_PREFIXES):
+                continue
+            key, sep, arg = item.partition("=")
+            name = key.replace("-", "_")
+            if name in OCIFS_OPTIONS:
+                if OCIFS_OPTIONS[name] and not sep:
+                    raise UsageError(f"option -o {key} needs a value ({key}=...)")
+                if not OCIFS_OPTIONS[name] and sep:
+                    raise UsageError(f"option -o {key} takes no value")
+                ours[name] = arg if sep else None
+            else:
+                fuse.add(item)
+    return ours, fuse
+
+
+def apply_options(args: argparse.Namespace) -> None:
+    """Fold our ``-o`` keys into ``args`` as if given as flags (``-o prefetch=whole`` is
+    ``--prefetch whole``) and keep libfuse's in ``args.fuse_options``. Called by the CLI
+    before it builds client options, so ``-o plain_http`` works from fstab."""
+    from ocifs.cli import parse_size, positive_int  # the CLI's own value parsers
+
+    ours, fuse = split_options(getattr(args, "options", None) or [])
+    converters: dict[str, Callable[[str], Any]] = {
+        "jobs": positive_int,
+        "retries": positive_int,
+        "read_ahead_kb": positive_int,
+        "cache_max_size": parse_size,
+    }
+    for name, value in ours.items():
+        if value is None:
+            setattr(args, name, True)
+            continue
+        try:
+            converted = converters[name](value) if name in converters else value
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"option -o {name}: {exc}") from None
+        if name == "prefetch" and value not in {m.value for m in PrefetchMode}:
+            raise UsageError(f"option -o prefetch: {value!r} is not one of auto, whole, off")
+        setattr(args, name, converted)
+    args.fuse_options = fuse
+
+
+def fuse_options(config: MountConfig, fsname: str) -> set[str]:
+    """The libfuse option set: pyfuse3's defaults (``default_permissions``: the kernel checks
+    the 0444/0555 modes), the user's, and the forced ones (:data:`FORCED_OPTIONS`)."""
+    options = set(pyfuse3.default_options) | set(config.fuse_options)
+    options -= REMOVED_OPTIONS
+    options |= FORCED_OPTIONS
+    options = {o for o in options if not o.startswith(("fsname=", "subtype="))}
+    # /proc/mounts then reads "REF MOUNTPOINT fuse.ocifs": `ocifs umount` and operators can
+    # tell our mounts apart. Commas would split the option; references cannot contain them.
+    options |= {f"fsname={fsname}", "subtype=ocifs"}
+    return options
+
+
+def config_from_args(args: argparse.Namespace, client_options: ClientOptions) -> MountConfig:
+    """The :class:`MountConfig` of parsed ``ocifs mount`` arguments (after :func:`apply_options`)."""
+    return MountConfig(
+        reference=args.reference,
+        mountpoint=os.path.abspath(args.mountpoint),
+        client_options=client_options,
+        foreground=bool(args.foreground),
+        fuse_options=frozenset(getattr(args, "fuse_options", ())),
+        prefetch=PrefetchMode(args.prefetch),
+        jobs=args.jobs,
+        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        cache_max_size=args.cache_max_size,
+        cache_memory=getattr(args, "cache_memory", None),
+        # The registry client already retries each request --retries times with backoff;
+        # the fetcher's own retries (for corrupt bytes and a registry that stays down) are
+        # kept small so a failed read reports within seconds, not minutes.
+        fetch_retries=min(2, args.retries - 1),
+        log_file=os.path.abspath(args.log_file) if args.log_file else None,
+        read_ahead_kb=args.read_ahead_kb,
+    )
+
+
+# =================================================================================================
+# Checks before mounting
+# =================================================================================================
+
+
+def check_mountpoint(path: str) -> None:
+    """Refuse, with one clear line, a mountpoint that cannot work: missing, not a directory,
+    a dead FUSE mount (ENOTCONN), or already a mount point."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"mountpoint {path} does not exist", hint="create it with mkdir") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise UsageError(
+                f"mountpoint {path} is a dead FUSE mount (its daemon exited)", hint=f"run: ocifs umount {path}"
+            ) from None
+        raise UsageError(f"mountpoint {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already a mount point", hint=f"unmount it first (ocifs umount {path})")
+
+
+# =================================================================================================
+# Process lifecycle
+# =================================================================================================
+
+
+def run_mount(args: argparse.Namespace, client_options: ClientOptions) -> int:
+    """``ocifs mount``: check, then serve in the foreground (``-f``) or detach.
+
+    Errors before the mount is ready are raised (foreground) or reported by the parent as one
+    line with exit status 1 (detached).
+    """
+    os.environ.setdefault("PATH", DEFAULT_PATH)
+    config = config_from_args(args, client_options)
+    parse_reference(config.reference)  # a malformed reference fails here, before any fork
+    check_mountpoint(config.mountpoint)
+    log_fd = _open_log_file(config.log_file)
+    if config.foreground:
+        return _serve_in_process(config, _Readiness(None))
+    return _detach(config, log_fd)
+
+
+def _open_log_file(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise UsageError(f"cannot open log file {path}: {exc.strerror}") from None
+
+
+class _Readiness:
+    """How the serving process says "mounted" or "failed": to the waiting parent through a
+    pipe (when detached) and to systemd through ``$NOTIFY_SOCKET``."""
+
+    def __init__(self, pipe: int | None, log_fd: int | None = None) -> None:
+        self._pipe = pipe
+        self._log_fd = log_fd
+        self.ready_sent = False
+
+    def ready(self, message: str) -> None:
+        self.ready_sent = True
+        sd_notify(f"READY=1\nSTATUS={message}\nMAINPID={os.getpid()}")
+        detached = self._pipe is not None
+        self._send(b"O" + message.encode())
+        if detached:
+            _redirect_stdio(self._log_fd)
+
+    def failed(self, message: str) -> None:
+        self._send(b"E" + message.encode())
+
+    def _send(self, data: bytes) -> None:
+        if self._pipe is None:
+            return
+        try:
+            os.write(self._pipe, data)
+            os.close(self._pipe)
+        except OSError as exc:  # the parent is gone (killed): nobody to tell
+            log.debug("could not report to the parent: %s", exc)
+        self._pipe = None
+
+
+def _detach(config: MountConfig, log_fd: int | None) -> int:
+    """Fork; the child serves, the parent waits for its verdict and exits with it."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        status = 1
+        try:
+            os.setsid()  # no controlling terminal: a closed terminal's SIGHUP does not reach us
+            os.chdir("/")  # do not keep the caller's directory busy (every path is absolute)
+            status = _serve_in_process(config, _Readiness(write_end, log_fd))
+        except BaseException:  # the child must never return into the caller's code
+            log.exception("mount daemon failed")
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while True:
+        data = os.read(read_end, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_end)
+    verdict = b"".join(chunks)
+    if verdict.startswith(b"O"):
+        return 0
+    _, status = os.waitpid(pid, 0)
+    if verdict.startswith(b"E"):
+        print(f"ocifs: error: {verdict[1:].decode(errors='replace')}", file=sys.stderr)
+    else:
+        code = os.waitstatus_to_exitcode(status)
+        print(f"ocifs: error: the mount daemon exited during startup (status {code})", file=sys.stderr)
+    return 1
+
+
+def _redirect_stdio(log_fd: int | None) -> None:
+    """Detach from the caller's stdin/stdout/stderr. Logs go to the log file if any; under
+    systemd (``$JOURNAL_STREAM``: stderr is the journal) stderr is kept; else /dev/null."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    keep_stderr = log_fd is None and "JOURNAL_STREAM" in os.environ
+    target = log_fd if log_fd is not None else devnull
+    os.dup2(target, 1)
+    if not keep_stderr:
+        os.dup2(target, 2)
+    os.close(devnull)
+    if log_fd is not None:
+        os.close(log_fd)
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(formatter)
+
+
+def _serve_in_process(config: MountConfig, readiness: _Readiness) -> int:
+    """Run the mount in this process until it is unmounted; the exit status."""
+    try:
+        try:
+            trio.run(serve, config, readiness)
+        except BaseExceptionGroup as group:
+            # The nurseries of serve() wrap failures in groups; the user wants the one cause.
+            raise first_error(group) from group
+    except OcifsError as exc:
+        if not readiness.ready_sent:
+            readiness.failed(str(exc))
+            if config.foreground:
+                raise
+            return 1
+        log.error("mount of %s ended: %s", config.mountpoint, exc)
+        return 1
+    except Exception as exc:
+        if not readiness.ready_sent:
+            readiness.failed(f"internal error: {exc!r}")
+        log.exception("mount of %s failed", config.mountpoint)
+        return 1
+    return 0
+
+
+async def serve(config: MountConfig, readiness: _Readiness) -> None:
+    """Resolve, mount, serve until unmounted or signalled, unmount. Raises OcifsError for
+    anything that prevents the mount (bad reference, auth, not found, mount refused)."""
+    ref = parse_reference(config.reference)
+    cache_options: dict[str, Any] = {"max_size": config.cache_max_size}
+    if config.cache_memory is not None:
+        cache_options["memory_bytes"] = config.cache_memory
+    cache = await trio.to_thread.run_sync(functools.partial(ChunkCache, config.cache_dir, **cache_options))
+    async with connect(ref.registry, config.client_options) as client:
+        resolved = await resolve(client, ref)
+        pinned = resolved.reference
+        if ref.digest is None:
+            log.info("%s resolved to %s: pinned for the life of the mount", ref, pinned.digest)
+        fetcher = Fetcher(client, cache, max_concurrency=config.jobs, retries=config.fetch_retries)
+        async with trio.open_nursery() as nursery:
+            # Installed before the mount exists, so a signal at any moment unmounts cleanly.
+            await nursery.start(_watch_signals)
+            # jobs x default chunk: the bytes that keep every download slot busy (prefetch.py).
+            budget = config.jobs * index.DEFAULT_CHUNK_SIZE
+            prefetcher = Prefetcher(nursery, mode=config.prefetch, budget_bytes=budget, max_window=budget)
+            fs = FileSystem(resolved.artifact, pinned.repository, fetcher, prefetcher, reference=str(pinned))
+            try:
+                pyfuse3.init(Operations(fs), config.mountpoint, fuse_options(config, str(pinned)))
+            except RuntimeError as exc:
+                # libfuse has printed the reason on stderr (still the caller's terminal):
+                # "fuse: unknown option(s)" for fuse_session_new, the mount(2) error otherwise.
+                what = "unknown mount option" if "session_new" in str(exc) else "mount refused"
+                raise OcifsError(f"cannot mount on {config.mountpoint}: {what} (libfuse's message above)") from None
+            try:
+                nursery.start_soon(_announce_when_ready, config, fs, readiness)
+                await pyfuse3.main()
+            finally:
+                nursery.cancel_scope.cancel()  # prefetches, the signal watcher, readiness
+                pyfuse3.close(unmount=True)
+        log.info("unmounted %s (%s)", config.mountpoint, _summary(fs))
+
+
+async def _watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s received: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_when_ready(config: MountConfig, fs: FileSystem, readiness: _Readiness) -> None:
+    """Wait until the mount answers (the kernel handshake is done), tune it, say ready."""
+    try:
+        with trio.fail_after(READY_TIMEOUT):
+            # In a thread: the stat is answered by pyfuse3.main() on this very trio loop.
+            st = await trio.to_thread.run_sync(os.stat, config.mountpoint, abandon_on_cancel=True)
+    except (OSError, trio.TooSlowError) as exc:
+        readiness.failed(f"the mount at {config.mountpoint} did not come up: {exc or 'timed out'}")
+        pyfuse3.terminate()
+        return
+    if st.st_ino != ROOT_INODE:
+        readiness.failed(f"{config.mountpoint} does not show the new mount (inode {st.st_ino})")
+        pyfuse3.terminate()
+        return
+    await trio.to_thread.run_sync(tune_mount, st.st_dev, config.read_ahead_kb, config.max_background)
+    artifact = fs.artifact
+    message = (
+        f"mounted {fs.reference} on {config.mountpoint} ({len(artifact.files)} files, {artifact.total_size:,} bytes)"
+    )
+    log.info("%s", message)
+    readiness.ready(message)
+
+
+def tune_mount(dev: int, read_ahead_kb: int, max_background: int) -> None:
+    """Raise the mount's readahead (bdi ``read_ahead_kb``) and, through fusectl, its
+    ``max_background``. Best effort: failures (not root, no sysfs) are logged at INFO and the
+    mount works with the kernel defaults, only slower."""
+    major, minor = os.major(dev), os.minor(dev)
+    _write_sysfs(Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"), read_ahead_kb)
+    if max_background <= 0:
+        return
+    # fusectl names a connection by the kernel's dev_t (major << 20 | minor), not st_dev.
+    connection = FUSECTL / str((major << 20) | minor)
+    if not connection.exists() and os.geteuid() == 0 and FUSECTL.is_dir() and not os.path.ismount(FUSECTL):
+        # systemd mounts fusectl at boot (sys-fs-fuse-connections.mount); do the same where
+        # nobody did. Cheap, idempotent, and it only exposes per-connection tunables.
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, check=False)
+    _write_sysfs(connection / "max_background", max_background)
+
+
+def _write_sysfs(path: Path, value: int) -> None:
+    try:
+        path.write_text(f"{value}\n")
+    except OSError as exc:
+        log.info("could not set %s to %d (%s): reads will be slower", path, value, exc.strerror)
+    else:
+        log.debug("set %s to %d", path, value)
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` to systemd if ``$NOTIFY_SOCKET`` is set (one datagram; a leading ``@``
+    is the abstract namespace). Returns whether it was sent; never raises."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+        return False
+    return True
+
+
+def _summary(fs: FileSystem) -> str:
+    stats = fs.stats()
+    fetch = stats["fetch"]
+    return (
+        f"{stats['fs']['reads']} reads, {fetch['downloads']} downloads of {fetch['bytes_downloaded']:,} bytes,"
+        f" {fetch['memory_hits'] + fetch['disk_hits']} cache hits, {fetch['errors']} fetch errors"
+    )
+
+
+# =================================================================================================
+# ocifs umount
+# =================================================================================================
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    """``ocifs umount MOUNTPOINT [-z]``: ``fusermount3 -u`` (``-z``: lazy, detach now and let
+    the daemon serve open files until the last close). The daemon exits by itself."""
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not _is_fuse_mount(mountpoint):
+        raise UsageError(f"{mountpoint} is not a FUSE mount")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount3", path=DEFAULT_PATH)
+    if tool is None:
+        raise UsageError("fusermount3 not found", hint="install fuse3 (apt-get install fuse3)")
+    command = [tool, "-u", *(["-z"] if args.lazy else []), mountpoint]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = " ".join(proc.stderr.split()) or f"fusermount3 exited with status {proc.returncode}"
+        detail = detail.removeprefix(f"{tool}: ").removeprefix("fusermount3: ")
+        hint = "a file is open there: close it, or use -z to detach lazily" if "busy" in detail else None
+        raise OcifsError(f"cannot unmount {mountpoint}: {detail}", hint=hint)
+    return 0
+
+
+def _is_fuse_mount(path: str) -> bool:
+    """Whether ``path`` is the mount point of a FUSE filesystem, from /proc/self/mountinfo
+    (no access to the mount itself: a dead mount answers ENOTCONN)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return True  # cannot tell: let fusermount3 decide
+    for line in lines:
+        fields = line.split()
+        separator = fields.index("-") if "-" in fields else -1
+        if (
+            len(fields) > 4
+            and separator > 0
+            and _unescape_mount_path(fields[4]) == path
+            and fields[separator + 1].startswith("fuse")
+        ):
+            return True
+    return False
+
+
+def _unescape_mount_path(text: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def read_stats(mountpoint: str) -> dict[str, Any]:
+    """The live counters of the ocifs mount at ``mountpoint`` (its root's ``user.ocifs.stats``
+    extended attribute; :meth:`ocifs.fs.FileSystem.stats` documents the fields)."""
+    try:
+        raw = os.getxattr(mountpoint, "user.ocifs.stats")
+    except OSError as exc:
+        raise UsageError(f"{mountpoint} is not an ocifs mount ({exc.strerror})") from None
+    data: dict[str, Any] = json.loads(raw)
+    return data
