@@ -351,8 +351,9 @@ async def test_eviction_keeps_the_cache_under_its_limit(registry: RegistryServer
     assert tree(tmp_path / "out") == contents
     assert cache.stats().evictions > 0
     assert cache.stats().bytes <= limit
-    # Each put evicts at once if it went over, so concurrent puts overshoot by a few chunks at most.
-    assert peak <= limit + 4 * CHUNK
+    # A put that goes over evicts at once (one thread per process at a time: puts that finish
+    # during that pass wait for the next one), so the overshoot is a few chunks, not the file.
+    assert peak <= limit + 8 * CHUNK, f"peak {peak // CHUNK} chunks for a limit of {limit // CHUNK}"
     assert result.bytes_downloaded >= 48 * CHUNK
 
 
