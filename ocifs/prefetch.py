@@ -353,6 +353,8 @@ class Stream:
         if self.frontier < 0 or not self.frontier - owner.tolerance <= offset <= self.frontier + owner.tolerance:
             if self.frontier >= 0:
                 owner._stats.resets += 1
+                log.debug("%s: read at %d, %d from the run's frontier %d: new run", self.key, offset,
+                          offset - self.frontier, self.frontier)  # fmt: skip
             self._start_run(offset, end)
             return
         self._run_reads += 1
