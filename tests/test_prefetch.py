@@ -235,7 +235,9 @@ async def test_whole_mode_fetches_every_unit_in_order_once(
     prefetcher.open_stream("model.safetensors", units, fetch)  # opened twice: one whole fetch
     stream.on_read(0, MiB)  # whole mode does not also read ahead
     await trio.sleep(60)
-    assert fetch.started == list(range(len(units)))
+    assert sorted(fetch.started) == list(range(len(units)))
+    # In file order, give or take trio's shuffling of tasks that become runnable together.
+    assert sorted(fetch.started[:4]) == [0, 1, 2, 3]
     assert fetch.peak_bytes <= 4 * CHUNK
     assert prefetcher.stats().whole_files == 1
 
@@ -282,7 +284,7 @@ async def test_failed_prefetches_are_counted_and_contained(
         await trio.sleep(1)
     stats = prefetcher.stats()
     assert stats.failed == 2 and stats.completed == 2
-    assert fetch.done == [0, 3]
+    assert sorted(fetch.done) == [0, 3]  # completion order is trio scheduling order: random
     assert prefetcher.stats().budget_in_use == 0
 
 
