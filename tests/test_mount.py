@@ -316,6 +316,20 @@ def test_full_sequential_read_is_right_and_reads_ahead(mounts: Mounter, big: Pus
     assert stats["fetch"]["errors"] == 0
 
 
+def test_large_plain_layer_reads_by_ranges_and_is_verified(
+    mounts: Mounter, shm_registry: RegistryServer, tmp_path: Path
+) -> None:
+    # Above the 64 MiB whole-fetch limit, as an ORAS artifact's big layer would be.
+    source = write(tmp_path / "src" / "layer.tar", random.Random(12).randbytes(70 * MiB)).parent
+    ref = push(shm_registry, "mount/plain:v1", source, "--chunk-size", "128M")
+    mount = mounts(ref)
+    assert os.getxattr(mount.path / "layer.tar", "user.ocifs.kind") == b"plain"
+    subprocess.run(["cmp", str(source / "layer.tar"), str(mount.path / "layer.tar")], check=True, timeout=30)
+    stats = mount.stats()
+    assert stats["fs"]["piece_fetches"] == 5  # 16 MiB Range pieces, each fetched once
+    assert stats["fs"]["plain_verified"] == 1  # the whole blob was hashed as it came in
+
+
 def test_numpy_memmap_reads_through_the_mount(mounts: Mounter, matrix: Pushed) -> None:
     mount = mounts(matrix.ref)
     name = "deep/dir/several"
