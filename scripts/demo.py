@@ -120,20 +120,17 @@ def mount_demo(ref: str, work: Path, model: Path) -> None:
             name = sorted(f.keys())[len(f.keys()) // 2]
             tensor = f.get_tensor(name)
         elapsed = time.monotonic() - started
-        fetched = cached_bytes(cache)
+        stats = json.loads(os.getxattr(mountpoint, "user.ocifs.stats"))
+        fetched = stats["fetch"]["bytes_downloaded"]
         size = model.stat().st_size
         print(
             f"loaded {name}: {tensor.shape[0]:,} float32 values, mean {float(tensor.mean()):+.4f}, in {elapsed:.2f}s\n"
             f"fetched {fetched / (1 << 20):,.1f} MiB of a {size / (1 << 20):,.0f} MiB file "
-            f"({100 * fetched / size:.1f}%)"
+            f"({100 * fetched / size:.1f}%), counted by the mount: "
+            f"getfattr -n user.ocifs.stats --only-values {mountpoint}"
         )
     finally:
         run(OCIFS, "umount", str(mountpoint))
-
-
-def cached_bytes(cache: Path) -> int:
-    """Bytes of chunks in the mount's cache: what the mount fetched from the registry."""
-    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 if __name__ == "__main__":
