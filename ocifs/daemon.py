@@ -284,6 +284,7 @@ class _Readiness:
         self._pipe = pipe
         self._log_fd = log_fd
         self.ready_sent = False
+        self.failure: str | None = None
 
     def ready(self, message: str) -> None:
         self.ready_sent = True
@@ -294,6 +295,7 @@ class _Readiness:
             _redirect_stdio(self._log_fd)
 
     def failed(self, message: str) -> None:
+        self.failure = message
         self._send(b"E" + message.encode())
 
     def _send(self, data: bytes) -> None:
@@ -422,6 +424,8 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
                 nursery.cancel_scope.cancel()  # prefetches, the signal watcher, readiness
                 pyfuse3.close(unmount=True)
         log.info("unmounted %s (%s)", config.mountpoint, _summary(fs))
+    if readiness.failure is not None and not readiness.ready_sent:
+        raise OcifsError(readiness.failure)
 
 
 async def _watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -429,6 +433,7 @@ async def _watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATU
         task_status.started()
         async for signum in signals:
             log.info("%s received: unmounting", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
             pyfuse3.terminate()
             return
 

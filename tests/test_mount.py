@@ -35,6 +35,8 @@ import numpy
 import pytest
 from support.registry import RegistryServer
 
+from ocifs.errors import UsageError as OcifsUsageError
+
 MiB = 1024 * 1024
 SMALL_CHUNK = 256 * 1024
 PYTHON = [sys.executable, "-m", "ocifs"]
@@ -525,3 +527,38 @@ def test_errors_before_the_mount_are_one_line(matrix: Pushed, tmp_path: Path, sh
         assert lines[-1].startswith("ocifs: error: ") and text in lines[-1].lower(), proc.stderr
         assert not mounted(tmp_path / "mnt")
     assert ocifs("umount", str(tmp_path / "mnt"), check=False).returncode == 2
+
+
+# ------------------------------------------------------------------------------ options (no mount)
+
+
+def test_options_split_into_ours_and_libfuses() -> None:
+    from ocifs.daemon import split_options
+
+    ours, fuse = split_options(
+        ["ro,_netdev,nofail,x-systemd.automount,comment=x,allow_other", "prefetch=whole,plain-http"]
+    )
+    assert ours == {"prefetch": "whole", "plain_http": None}
+    assert fuse == {"ro", "allow_other"}
+    for bad in ("prefetch", "jobs", "insecure=yes"):
+        with pytest.raises(OcifsUsageError):
+            split_options([bad])
+
+
+def test_fuse_options_force_a_safe_read_only_mount() -> None:
+    from ocifs.daemon import MountConfig, fuse_options
+    from ocifs.registry.client import ClientOptions
+
+    config = MountConfig("r/x:1", "/mnt", ClientOptions(), fuse_options=frozenset({"rw", "dev", "suid", "allow_other"}))
+    options = fuse_options(config, "r/x:1@sha256:ab")
+    assert {"ro", "nosuid", "nodev", "auto_unmount", "allow_other", "default_permissions"} <= options
+    assert not options & {"rw", "dev", "suid"}
+    assert {"fsname=r/x:1@sha256:ab", "subtype=ocifs"} <= options
+
+
+def test_mount_helper_accepts_what_mount8_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    from ocifs.cli import mount_helper_main
+
+    assert mount_helper_main(["reg/repo:v1", "/mnt", "-f", "-n", "-o", "ro", "-t", "fuse.ocifs"]) == 0  # fake
+    assert mount_helper_main(["reg/repo:v1"]) == 2
+    assert "usage" in capsys.readouterr().err
