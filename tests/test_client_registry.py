@@ -48,6 +48,10 @@ async def exercise_every_operation(client: RegistryClient, repo: str) -> None:
     assert await client.upload_blob(repo, digest, data) == "uploaded"
     assert await client.blob_size(repo, digest) == len(data)
     assert await client.get_blob(repo, digest, len(data)) == data
+    # Large bodies take the threaded fast path once the auth scheme is known.
+    assert await client.get_blob(repo, digest, len(data)) == data
+    assert client.stats.fast_gets >= 1
+    assert await client.get_blob_range(repo, digest, 1000, 300_000) == data[1000:300_000]
     assert await client.get_blob_range(repo, digest, 1000, 5000) == data[1000:5000]
     assert await client.get_blob_range(repo, digest, len(data) - 10, len(data)) == data[-10:]
     # Cross-repository mount: the blob appears in another repository without its bytes being sent.
@@ -146,6 +150,16 @@ async def test_tls_without_the_ca_fails_clearly(registry_tls: RegistryServer) ->
             await plain.ping()
     async with RegistryClient(registry_tls.host, options=ClientOptions(insecure=True)) as insecure:
         await insecure.ping()
+
+
+async def test_fast_path_steps_aside_for_an_environment_proxy(
+    shared_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "")
+    client = RegistryClient(shared_registry.host)
+    assert client._fast is not None and not client._fast.enabled
+    await client.aclose()
 
 
 async def test_manifest_by_digest_is_verified_against_registry_storage(registry: RegistryServer) -> None:

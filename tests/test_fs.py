@@ -416,9 +416,9 @@ async def test_open_handles_read_ahead_through_the_prefetcher(
     assert max(registry.gets.values()) == 1  # prefetch and reads shared each download
 
 
-async def test_whole_mode_fetches_the_file_when_opened(
-    registry: FakeRegistry, cache: ChunkCache, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_whole_mode_fetches_the_file_when_opened(registry: FakeRegistry, cache: ChunkCache) -> None:
+    # Real clock on purpose: the fetches hash and write in worker threads, and the autojump clock
+    # would race 60 virtual seconds past them on a loaded machine.
     data = payload(12 * CHUNK + 7, 31)
     async with trio.open_nursery() as nursery:
         prefetcher = Prefetcher(nursery, mode=PrefetchMode.WHOLE)

@@ -17,6 +17,8 @@ Contracts:
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import logging
 import ssl
@@ -42,6 +44,7 @@ from ocifs.errors import (
 )
 from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
+from ocifs.registry.blobio import BodyLengthError, FastBlobReader, FastResponse
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
 
@@ -62,6 +65,10 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # 230 MiB/s on this 2-core machine, where 1 MiB receives reach 650-760 MiB/s
 # (../shared/design.md §7). httpcore exposes no option for it, so the class default is raised.
 httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+# Bodies at least this large go through the threaded fast path (blobio.py); below it the thread
+# hand-off costs more than httpx's parsing.
+FAST_PATH_MIN_BYTES = 256 * 1024
 
 # Registries that refuse a monolithic PUT get the upload as PATCH pieces of this size:
 # GHCR rejects PATCH bodies over 4 MiB (../shared/registries.md).
@@ -118,6 +125,7 @@ class ClientStats:
     uploads: int = 0
     uploaded_bytes: int = 0
     mounts: int = 0
+    fast_gets: int = 0
 
 
 class RegistryClient:
@@ -150,6 +158,10 @@ class RegistryClient:
             transport=transport,
         )
         self._tokens = TokenAuthority(registry, credentials, self._send_raw)
+        # Tests hand in a transport (MockTransport, fault injection): keep every byte on it then.
+        self._fast: FastBlobReader | None = None
+        if transport is None:
+            self._fast = FastBlobReader(self.base_url, _ssl_context(self.options), self.options.read_timeout)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -159,6 +171,8 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._fast is not None:
+            self._fast.close()
 
     @property
     def token_requests(self) -> int:
@@ -258,20 +272,39 @@ class RegistryClient:
         The digest is not checked here: the caller hashes (in a thread) before trusting bytes.
         """
         self.stats.blob_gets += 1
+        path = f"/v2/{repository}/blobs/{digest}"
 
         async def read(response: httpx.Response) -> bytes:
             return await _read_exact(response, size, f"blob {digest.short}")
 
         data: bytes = await self._exchange(
             "GET",
-            f"/v2/{repository}/blobs/{digest}",
+            path,
             repository=repository,
             actions="pull",
             consume=read,
             what=f"blob {digest.short}",
+            fast=self._fast_sender(path, size, {}) if size is not None else None,
         )
         self.stats.blob_bytes += len(data)
         return data
+
+    def _fast_sender(
+        self, path: str, size: int, headers: Mapping[str, str]
+    ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
+        """A fast-path attempt for :meth:`_exchange` (a worker-thread GET), or None if disabled."""
+        fast = self._fast
+        if fast is None or not fast.enabled or size < FAST_PATH_MIN_BYTES:
+            return None
+
+        async def send(request_headers: dict[str, str]) -> FastResponse:
+            get = functools.partial(fast.get, path, {**request_headers, **headers}, size, partial="Range" in headers)
+            outcome = await trio.to_thread.run_sync(get, abandon_on_cancel=True)
+            if outcome.data is not None:
+                self.stats.fast_gets += 1
+            return outcome
+
+        return send
 
     async def get_blob_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of a blob by a ``Range`` request.
@@ -282,6 +315,9 @@ class RegistryClient:
         if not 0 <= start < end:
             raise ValueError(f"bad range [{start}, {end})")
         self.stats.blob_gets += 1
+
+        path = f"/v2/{repository}/blobs/{digest}"
+        range_header = {"Range": f"bytes={start}-{end - 1}"}
 
         async def read(response: httpx.Response) -> bytes:
             if response.status_code == 206:
@@ -296,13 +332,14 @@ class RegistryClient:
 
         data: bytes = await self._exchange(
             "GET",
-            f"/v2/{repository}/blobs/{digest}",
+            path,
             repository=repository,
             actions="pull",
-            headers={"Range": f"bytes={start}-{end - 1}"},
+            headers=range_header,
             expected=(200, 206),
             consume=read,
             what=f"blob {digest.short}",
+            fast=self._fast_sender(path, end - start, range_header),
         )
         self.stats.blob_bytes += len(data)
         return data
@@ -475,12 +512,17 @@ class RegistryClient:
         extra_scopes: tuple[str, ...] = (),
         what: str = "",
         with_response: bool = False,
+        fast: Callable[[dict[str, str]], Awaitable[FastResponse]] | None = None,
     ) -> Any:
         """Send a request with auth and retries, and hand the response to ``consume``.
 
         ``consume`` reads the body inside the retry loop, so a connection lost mid-body is
         retried like a refused connection. Returns what ``consume`` returns (with the response
         too if ``with_response``). Non-expected statuses become :mod:`ocifs.errors` exceptions.
+
+        ``fast`` (blob GETs only) makes each attempt a threaded :class:`FastBlobReader` GET
+        under the same retry policy and error messages; an attempt answered by an auth
+        challenge is redone on httpx, which owns the auth handshake.
         """
         scopes = ((repository_scope(repository, actions),) if repository and actions else ()) + extra_scopes
         policy = self.options.retry
@@ -492,6 +534,29 @@ class RegistryClient:
             authorization = await self._authorization(scopes)
             if authorization:
                 request_headers["Authorization"] = authorization
+            if fast is not None and (self._challenge is not None or self._credentials is None):
+                self.stats.requests += 1
+                outcome = await fast(request_headers)
+                if outcome.data is not None:
+                    return outcome.data
+                failure = outcome.error
+                if failure is not None:
+                    if attempt >= policy.attempts:
+                        raise RegistryUnavailable(
+                            f"{self.registry}: {what or method} failed: {_describe_transport_error(failure)}",
+                            hint=self._unreachable_hint(failure),
+                        ) from None
+                    self.stats.retries += 1
+                    await trio.sleep(policy.backoff(attempt))
+                    continue
+                fast_headers = httpx.Headers(outcome.headers)
+                if is_retryable_status(outcome.status) and attempt < policy.attempts:
+                    self.stats.retries += 1
+                    await trio.sleep(policy.delay_for(attempt, httpx.Response(outcome.status, headers=fast_headers)))
+                    continue
+                if outcome.status != 401:
+                    raise self._error_for(outcome.status, outcome.body, fast_headers, repository, what)
+                # A 401: this attempt continues on httpx, which owns the auth handshake.
             request = self._http.build_request(method, url, headers=request_headers, params=params, content=content)
             self.stats.requests += 1
             try:
@@ -541,10 +606,10 @@ class RegistryClient:
                 self.stats.retries += 1
             await trio.sleep(delay)
 
-    def _unreachable_hint(self, exc: httpx.HTTPError) -> str:
+    def _unreachable_hint(self, exc: BaseException) -> str:
         if _ssl_cause(exc) is not None:
             return "pass --ca-file with the registry's CA, or --plain-http if it speaks plain HTTP"
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
             return "is the registry running and the address right?"
         return "check the network and try again; the operation resumes where it stopped"
 
@@ -729,15 +794,19 @@ def _safe_url(url: httpx.URL) -> str:
     return str(url.copy_with(query=None, username=None, password=None))
 
 
-def _describe_transport_error(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+def _describe_transport_error(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "timed out"
     tls = _ssl_cause(exc)
     if tls is not None:
         reason = getattr(tls, "reason", None) or type(tls).__name__
         return f"TLS handshake failed ({reason})"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
         return "connection refused or host unreachable"
+    if isinstance(exc, BodyLengthError):
+        return f"connection broken ({exc})"
+    if isinstance(exc, ConnectionError | http.client.HTTPException):
+        return f"connection broken ({type(exc).__name__})"
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"connection broken ({str(exc)[:_BODY_EXCERPT] or 'protocol error'})"
     return f"{type(exc).__name__}: {str(exc)[:_BODY_EXCERPT]}"
