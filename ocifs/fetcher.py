@@ -243,7 +243,7 @@ class Fetcher:
             except RegistryUnavailable as exc:
                 if attempt == attempts:
                     raise
-                log.info("range of %s: %s; retrying (%d/%d)", digest.short, exc, attempt, self.retries)
+                log.debug("range of %s: %s; retrying (%d/%d)", digest.short, exc, attempt, self.retries)
                 continue
             if len(data) == end - start:
                 return data
@@ -297,7 +297,7 @@ class Fetcher:
             except RegistryUnavailable as exc:
                 if attempt == attempts:
                     raise
-                log.info("%s: %s; retrying (%d/%d)", digest.short, exc, attempt, self.retries)
+                log.debug("%s: %s; retrying (%d/%d)", digest.short, exc, attempt, self.retries)
                 continue
             # Hash in a worker thread: ~12 ms per 16 MiB chunk that would otherwise stall
             # every other task of the mount (design §7: ~1,300 MiB/s per core).

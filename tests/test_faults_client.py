@@ -275,7 +275,7 @@ async def test_slow_upload_completes_without_timing_out(registry: RegistryServer
     proxy.add(Slow(rate=1024 * 1024, on="request"), method="PUT", path=UPLOAD_PUT)
     async with client_via(proxy, read_timeout=2.0) as client:
         assert await client.upload_blob(REPO, digest, data) == "uploaded"
-        assert client.stats.retries == 0
+        assert await client.get_blob(REPO, digest, len(data)) == data
     (put,) = proxy.records("PUT", UPLOAD_PUT)
     assert put.request_bytes == len(data) and put.status == 201
 
@@ -514,3 +514,44 @@ def test_proxy_close_ends_connections_stalled_forever() -> None:
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+# -- regressions found by this suite ----------------------------------------------------------------
+
+
+async def test_a_steady_upload_slower_than_read_timeout_in_total_completes(
+    registry: RegistryServer, proxy: FaultProxy
+) -> None:
+    """A body that keeps moving is not abandoned: each slice has its own write timeout."""
+    data = random_bytes(4 * 1024 * 1024, 7)
+    digest = Digest.of_bytes(data)
+    proxy.add(Slow(rate=4 * 1024 * 1024, on="request"), method="PUT", path=UPLOAD_PUT, times=None)  # ~1 s
+    async with client_via(proxy, read_timeout=0.5) as client:
+        assert await client.upload_blob(REPO, digest, data) == "uploaded"
+        assert await client.get_blob(REPO, digest, len(data)) == data
+
+
+async def test_manifest_by_tag_altered_in_transit_is_refused(registry: RegistryServer, proxy: FaultProxy) -> None:
+    """Fetched by tag, a manifest is checked against the Docker-Content-Digest the registry sent."""
+    config = b"{}"
+    async with RegistryClient(registry.host) as direct:
+        await direct.upload_blob(REPO, Digest.of_bytes(config), config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": str(Digest.of_bytes(config)),
+                    "size": 2,
+                },
+                "layers": [],
+                "annotations": {"size": "1000"},
+            }
+        ).encode()
+        await direct.put_manifest(REPO, "v1", manifest, OCI_MANIFEST)
+    offset = manifest.index(b'"1000"') + 1
+    proxy.add(Flip(offset=offset, mask=0x08), method="GET", path="/manifests/v1", times=None)  # '1' -> '9'
+    async with client_via(proxy) as client:
+        with pytest.raises(IntegrityError, match="does not match the digest the registry announced"):
+            await client.get_manifest(REPO, "v1")

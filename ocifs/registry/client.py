@@ -22,8 +22,8 @@ import http.client
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -37,6 +37,7 @@ from ocifs.errors import (
     AuthenticationError,
     IntegrityError,
     NotFound,
+    OcifsError,
     PermissionDenied,
     RegistryError,
     RegistryUnavailable,
@@ -69,6 +70,9 @@ httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 # Bodies at least this large go through the threaded fast path (blobio.py); below it the thread
 # hand-off costs more than httpx's parsing.
 FAST_PATH_MIN_BYTES = 256 * 1024
+
+# Request bodies are sent in slices of this size, each with its own write timeout.
+UPLOAD_SLICE = 256 * 1024
 
 # Registries that refuse a monolithic PUT get the upload as PATCH pieces of this size:
 # GHCR rejects PATCH bodies over 4 MiB (../shared/registries.md).
@@ -204,6 +208,21 @@ class RegistryClient:
             what=f"manifest {selector}",
         )
         digest = Digest.of_bytes(data)
+        announced = response.headers.get("docker-content-digest")
+        if announced and not selector.startswith("sha"):
+            # By tag there is nothing else to check against: what the registry says it stored.
+            try:
+                expected = Digest.parse(announced)
+            except OcifsError:
+                expected = None
+            if expected is not None and not expected.matches(data):
+                raise IntegrityError(
+                    f"{self.registry}/{repository}: manifest {selector} does not match the digest the registry"
+                    f" announced ({expected.short})",
+                    hint="a proxy or the network altered it; try again, or name the artifact by digest",
+                )
+            if expected is not None:
+                digest = expected
         if selector.startswith("sha") and ":" in selector:
             wanted = Digest.parse(selector)
             if not wanted.matches(data):
@@ -352,11 +371,15 @@ class RegistryClient:
         With ``mount_from`` the registry is first asked to mount the blob from that repository
         (201 = done without sending a byte; 202 = it started an ordinary upload instead, which
         is then used). The upload is POST + one monolithic PUT ``?digest=``; a registry that
-        refuses a monolithic PUT gets ordered PATCH pieces instead. A session the registry lost
-        (``BLOB_UPLOAD_UNKNOWN``) is restarted once.
+        refuses a monolithic PUT gets ordered PATCH pieces instead.
+
+        A failed PUT is not resent into the same session (the registry may have completed or
+        dropped it while the reply was lost): the blob is HEAD-checked, and if it is not there a
+        new session is started, within the retry policy's attempts.
         """
         body = bytes(data) if isinstance(data, memoryview) else data
-        for session_attempt in range(2):
+        policy = self.options.retry
+        for attempt in range(1, policy.attempts + 1):
             location, mounted = await self._start_upload(repository, digest, mount_from)
             if mounted:
                 self.stats.mounts += 1
@@ -364,14 +387,22 @@ class RegistryClient:
             try:
                 await self._finish_upload(repository, digest, body, location)
             except RegistryError as exc:
-                if exc.code in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID") and session_attempt == 0:
-                    log.debug("upload session for %s lost (%s); restarting", digest.short, exc.code)
-                    continue
-                raise
-            self.stats.uploads += 1
-            self.stats.uploaded_bytes += len(body)
-            return "uploaded"
-        raise AssertionError("unreachable")
+                lost = exc.code in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID") or isinstance(
+                    exc, RegistryUnavailable
+                )
+                if not lost or attempt == policy.attempts:
+                    raise
+                if await self.blob_size(repository, digest) is not None:
+                    log.debug("upload of %s failed (%s) but the blob arrived", digest.short, exc)
+                    break
+                log.debug("upload of %s failed (%s); new session, attempt %d", digest.short, exc, attempt + 1)
+                self.stats.retries += 1
+                await trio.sleep(policy.backoff(attempt))
+                continue
+            break
+        self.stats.uploads += 1
+        self.stats.uploaded_bytes += len(body)
+        return "uploaded"
 
     async def list_tags(self, repository: str) -> list[str]:
         """Every tag of ``repository``, following ``Link`` pagination."""
@@ -429,6 +460,7 @@ class RegistryClient:
             await self._exchange(
                 "PUT",
                 _with_query(location, {"digest": str(digest)}),
+                attempts=1,
                 repository=repository,
                 actions="pull,push",
                 content=body,
@@ -513,6 +545,7 @@ class RegistryClient:
         what: str = "",
         with_response: bool = False,
         fast: Callable[[dict[str, str]], Awaitable[FastResponse]] | None = None,
+        attempts: int | None = None,
     ) -> Any:
         """Send a request with auth and retries, and hand the response to ``consume``.
 
@@ -526,6 +559,9 @@ class RegistryClient:
         """
         scopes = ((repository_scope(repository, actions),) if repository and actions else ()) + extra_scopes
         policy = self.options.retry
+        if attempts is not None:
+            # The caller retries at a higher level (a PUT into an upload session is not resendable).
+            policy = replace(policy, attempts=attempts)
         auth_retried = False
         attempt = 0
         while True:
@@ -557,7 +593,13 @@ class RegistryClient:
                 if outcome.status != 401:
                     raise self._error_for(outcome.status, outcome.body, fast_headers, repository, what)
                 # A 401: this attempt continues on httpx, which owns the auth handshake.
-            request = self._http.build_request(method, url, headers=request_headers, params=params, content=content)
+            body: bytes | AsyncIterator[bytes] | None = content
+            if content is not None and len(content) > UPLOAD_SLICE:
+                # httpx times a write as a whole: a 16 MiB body on a slow link would time out
+                # however steadily it moves. Slices give each 256 KiB its own write timeout.
+                body = _slices(content)
+                request_headers["Content-Length"] = str(len(content))
+            request = self._http.build_request(method, url, headers=request_headers, params=params, content=body)
             self.stats.requests += 1
             try:
                 response = await self._http.send(request, stream=True)
@@ -673,6 +715,12 @@ def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot use CA file {options.ca_file}: {exc}") from None
     return True
+
+
+async def _slices(data: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), UPLOAD_SLICE):
+        yield bytes(view[start : start + UPLOAD_SLICE])
 
 
 async def _discard(response: httpx.Response) -> None:
