@@ -401,7 +401,9 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
         resolved = await resolve(client, ref)
         pinned = resolved.reference
         if ref.digest is None:
-            log.info("%s resolved to %s: pinned for the life of the mount", ref, pinned.digest)
+            # DEBUG: "mounted REF@DIGEST" says it once the mount works; mount(8) callers should
+            # see one line when it fails.
+            log.debug("%s resolved to %s: pinned for the life of the mount", ref, pinned.digest)
         fetcher = Fetcher(client, cache, max_concurrency=config.jobs, retries=config.fetch_retries)
         async with trio.open_nursery() as nursery:
             # Installed before the mount exists, so a signal at any moment unmounts cleanly.
@@ -410,13 +412,7 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
             budget = config.jobs * index.DEFAULT_CHUNK_SIZE
             prefetcher = Prefetcher(nursery, mode=config.prefetch, budget_bytes=budget, max_window=budget)
             fs = FileSystem(resolved.artifact, pinned.repository, fetcher, prefetcher, reference=str(pinned))
-            try:
-                pyfuse3.init(Operations(fs), config.mountpoint, fuse_options(config, str(pinned)))
-            except RuntimeError as exc:
-                # libfuse has printed the reason on stderr (still the caller's terminal):
-                # "fuse: unknown option(s)" for fuse_session_new, the mount(2) error otherwise.
-                what = "unknown mount option" if "session_new" in str(exc) else "mount refused"
-                raise OcifsError(f"cannot mount on {config.mountpoint}: {what} (libfuse's message above)") from None
+            _init_fuse(Operations(fs), config.mountpoint, fuse_options(config, str(pinned)))
             try:
                 nursery.start_soon(_announce_when_ready, config, fs, readiness)
                 await pyfuse3.main()
@@ -426,6 +422,40 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
         log.info("unmounted %s (%s)", config.mountpoint, _summary(fs))
     if readiness.failure is not None and not readiness.ready_sent:
         raise OcifsError(readiness.failure)
+
+
+def _init_fuse(operations: Operations, mountpoint: str, options: set[str]) -> None:
+    """``pyfuse3.init``, with the reason libfuse and fusermount3 print on stderr (C code, not
+    logging: "fuse: unknown option(s): `-o bogus=1'") folded into the one-line error rather
+    than printed above it: ``mount -t fuse.ocifs`` with a typo in fstab then says one thing.
+    What they print when the mount works is passed on to the real stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    capture = os.memfd_create("ocifs-libfuse-stderr", os.MFD_CLOEXEC)
+    failure: RuntimeError | None = None
+    try:
+        os.dup2(capture, 2)  # inheritable: fusermount3, which libfuse runs, writes here too
+        try:
+            pyfuse3.init(operations, mountpoint, options)
+        except RuntimeError as exc:
+            failure = exc
+        finally:
+            os.dup2(saved, 2)
+        said = os.pread(capture, 65536, 0).decode(errors="replace")
+    finally:
+        os.close(capture)
+        os.close(saved)
+    if failure is None:
+        if said:
+            sys.stderr.write(said)
+        return
+    reason = "; ".join(line.strip().removeprefix("fuse: ") for line in said.splitlines() if line.strip())
+    if "session_new" in str(failure):  # fuse_session_new refuses options it does not know
+        ours = ", ".join(f"{key}=" if takes_value else key for key, takes_value in OCIFS_OPTIONS.items())
+        raise UsageError(
+            f"cannot mount on {mountpoint}: {reason or 'unknown mount option'}", hint=f"ocifs's own options: {ours}"
+        )
+    raise OcifsError(f"cannot mount on {mountpoint}: {reason or 'mount refused'}")
 
 
 async def _watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
