@@ -279,10 +279,38 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+class JournalFormatter(logging.Formatter):
+    """Every line prefixed with its sd-daemon(3) priority (``<4>`` WARNING, ``<3>`` ERROR...):
+    journald stores it as the record's level (``journalctl -p warning`` finds it) and strips it
+    from the text. No timestamps: journald adds its own."""
+
+    #: (lowest logging level, syslog priority): crit, err, warning, info; below INFO is debug (7).
+    PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in self.PRIORITIES if record.levelno >= level), 7)
+        prefix = f"<{priority}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is connected to the journal: systemd sets ``$JOURNAL_STREAM`` to that
+    stream's ``DEVICE:INODE``; compared with stderr's, as sd-daemon(3) advises, so a child whose
+    stderr was redirected elsewhere does not prefix its lines."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (int(device), int(inode)) == (st.st_dev, st.st_ino)
+    except (ValueError, OSError):
+        return False
+
+
 def setup_logging(debug: bool) -> None:
-    """INFO and up to stderr (DEBUG with --debug); third-party chatter only with --debug."""
+    """INFO and up to stderr (DEBUG with --debug); third-party chatter only with --debug.
+    Under systemd (stderr is the journal) each line carries its priority (:class:`JournalFormatter`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    formatter = JournalFormatter if stderr_is_journal() else logging.Formatter
+    handler.setFormatter(formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -310,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OcifsError as exc:
         if args.debug:
             log.exception("failed")
-        print(f"ocifs: error: {exc}", file=sys.stderr)
+        priority = "<3>" if stderr_is_journal() else ""  # a failed unit's reason shows as an error
+        print(f"{priority}ocifs: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ocifs: interrupted", file=sys.stderr)
