@@ -218,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if busy; open files keep working")
     p.set_defaults(handler=_cmd_umount)
+
+    p = sub.add_parser(
+        "status",
+        help="list this host's ocifs mounts, or show one mount's live counters",
+        description="Without MOUNTPOINT: every ocifs mount, one line each. With it: reference, pinned digest,"
+        " uptime, bytes fetched, cache hits and misses, fetches in flight, errors and prefetch state."
+        " Exit status 1 if a mount is dead or does not answer.",
+    )
+    p.add_argument("mountpoint", nargs="?", help="an ocifs mount point")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_status)
     return parser
 
 
@@ -256,6 +267,12 @@ def _cmd_umount(args: argparse.Namespace) -> int:
     from ocifs.daemon import run_umount
 
     return run_umount(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ocifs.status import run_status
+
+    return run_status(args)
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
