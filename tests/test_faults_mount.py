@@ -1,0 +1,411 @@
+"""Real mounts (``ocifs mount`` in a subprocess, read through the kernel) through the fault proxy.
+
+What a user would notice: a chunk whose bytes arrive corrupted is never served — the read gets
+EIO, the cache keeps no bad chunk, and the read works once good bytes come; resets and 5xx
+bursts only cost a retry; a stalled chunk request is abandoned and the read completes; while
+one file's chunk hangs, reads of other files go on; and after ``kill -9`` of the daemon the
+mount goes away by itself (``auto_unmount``), the cache is intact and a new mount works.
+
+Each mount gets its own ``$NOTIFY_SOCKET`` and the test waits for ``READY=1``; every mount is
+detached and its daemon stopped by the ``mounts`` fixture, even when a test fails. The mount
+has no read-timeout option (the registry client's ``read_timeout`` is 60 s), so daemons start
+through :data:`LAUNCHER`, which takes a shorter one from the environment for the stall tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from support.fault_proxy import Fault, FaultProxy, Flip, Reset, Slow, Stall, Status, Truncate, too_many_requests
+from support.registry import RegistryServer
+
+from ocifs import push
+from ocifs.reference import parse_reference
+from ocifs.registry.client import RegistryClient
+
+CHUNK = 256 * 1024
+REPO = "faults/mount"
+READY_TIMEOUT = 30.0
+
+#: ``python -c LAUNCHER ARGS...`` is ``ocifs ARGS...`` with the registry client's read timeout
+#: taken from ``$OCIFS_TEST_READ_TIMEOUT`` (neither the CLI nor ``-o`` exposes it).
+LAUNCHER = """
+import dataclasses, os, sys
+import ocifs.cli as cli
+_options = cli.client_options
+def client_options(args):
+    timeout = os.environ.get("OCIFS_TEST_READ_TIMEOUT")
+    options = _options(args)
+    return dataclasses.replace(options, read_timeout=float(timeout)) if timeout else options
+cli.client_options = client_options
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- the artifact ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    repo: str
+    contents: dict[str, bytes]
+    chunks: dict[str, list[str]]  # per chunked file, "sha256:..." of its chunks in order
+
+    def via(self, proxy: FaultProxy) -> str:
+        return f"{proxy.host}/{self.repo}:v1"
+
+    def chunk_path(self, name: str, *numbers: int) -> str:
+        """A path regex for GETs of the given chunks of ``name`` (all of them if none given)."""
+        chosen = [self.chunks[name][n] for n in numbers] if numbers else self.chunks[name]
+        return r"/blobs/(" + "|".join(re.escape(d) for d in chosen) + r")$"
+
+    def piece(self, name: str, n: int) -> bytes:
+        return self.contents[name][n * CHUNK : (n + 1) * CHUNK]
+
+
+@pytest.fixture(scope="module")
+def artifact(shared_registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """a.bin (8 chunks of 256 KiB) and b.bin (4 chunks), pushed once for the module."""
+    rng = random.Random(REPO)
+    contents = {"a.bin": rng.randbytes(8 * CHUNK - 100), "b.bin": rng.randbytes(4 * CHUNK)}
+    source = tmp_path_factory.mktemp("mount-src")
+    for name, data in contents.items():
+        (source / name).write_bytes(data)
+
+    async def store() -> None:
+        ref = parse_reference(f"{shared_registry.host}/{REPO}:v1")
+        async with RegistryClient(ref.registry) as client:
+            options = push.PushOptions(chunk_size=CHUNK, jobs=4)
+            await push.push(client, ref, push.collect_sources([str(source)]), options)
+
+    trio.run(store)
+    chunks = {
+        name: [f"sha256:{hashlib.sha256(data[o : o + CHUNK]).hexdigest()}" for o in range(0, len(data), CHUNK)]
+        for name, data in contents.items()
+    }
+    return Artifact(REPO, contents, chunks)
+
+
+@pytest.fixture
+def proxy(shared_registry: RegistryServer) -> Iterator[FaultProxy]:
+    with FaultProxy(shared_registry.host) as p:
+        yield p
+    assert p.errors == []
+
+
+# -- mounts ------------------------------------------------------------------------------------
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    cache: Path
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(os.getxattr(self.path, "user.ocifs.stats"))
+        return data
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Mounter:
+    """Starts foreground mounts in subprocesses and guarantees their teardown."""
+
+    tmp: Path
+    mounts: list[Mount] = field(default_factory=list)
+
+    def __call__(self, ref: str, *flags: str, cache: Path | None = None, read_timeout: float | None = None) -> Mount:
+        n = len(self.mounts)
+        mountpoint = self.tmp / f"mnt-{n}"
+        mountpoint.mkdir()
+        cache = cache or self.tmp / "cache"
+        log = self.tmp / f"daemon-{n}.log"
+        address = f"ocifs-faults-{secrets.token_hex(8)}"
+        env = dict(os.environ, NOTIFY_SOCKET=f"@{address}")
+        if read_timeout is not None:
+            env["OCIFS_TEST_READ_TIMEOUT"] = str(read_timeout)
+        command = [sys.executable, "-c", LAUNCHER, "mount", ref, str(mountpoint), "--cache-dir", str(cache),
+                   "--foreground", *flags]  # fmt: skip
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(f"\0{address}")
+            sock.settimeout(0.2)
+            with log.open("wb") as out:
+                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            mount = Mount(mountpoint, proc, log, cache)
+            self.mounts.append(mount)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while "READY=1" not in _receive(sock):
+                assert proc.poll() is None, f"ocifs mount exited {proc.returncode}: {mount.log_text()}"
+                assert time.monotonic() < deadline, f"no READY=1 within {READY_TIMEOUT} s: {mount.log_text()}"
+        assert mounted(mountpoint)
+        return mount
+
+    def cleanup(self) -> list[str]:
+        """Unmount every mount; the logs of daemons that did not exit within 10 s of it."""
+        hung = []
+        for mount in self.mounts:
+            subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], capture_output=True, check=False)
+            try:
+                mount.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                hung.append(mount.log_text())
+                mount.proc.kill()
+                mount.proc.wait(timeout=10)
+        return hung
+
+
+def _receive(sock: socket.socket) -> str:
+    try:
+        return sock.recv(4096).decode()
+    except TimeoutError:
+        return ""
+
+
+@pytest.fixture
+def mounts(tmp_path: Path, proxy: FaultProxy) -> Iterator[Mounter]:
+    """Mounts, all unmounted before the proxy closes (a read-ahead still in flight would
+    otherwise retry against a closed port and delay the daemon's exit)."""
+    mounter = Mounter(tmp_path)
+    try:
+        yield mounter
+    finally:
+        hung = mounter.cleanup()
+        assert not any(mounted(m.path) for m in mounter.mounts), "a mount was left behind"
+        assert hung == [], "a daemon did not exit after its unmount"
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def read_range(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def read_error(path: Path, offset: int, size: int) -> int | None:
+    """The errno a read fails with, or None if it succeeds (its bytes are then discarded)."""
+    try:
+        read_range(path, offset, size)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def cache_entries(cache: Path) -> dict[str, Path]:
+    return {
+        f"sha256:{p.name}": p
+        for p in (cache / "v1" / "sha256").glob("*/*")
+        if p.is_file() and not p.name.startswith(".tmp-")
+    }
+
+
+def assert_cache_consistent(cache: Path) -> dict[str, Path]:
+    """Every visible cache entry hashes to its name."""
+    entries = cache_entries(cache)
+    bad = [d for d, p in entries.items() if f"sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}" != d]
+    assert bad == [], f"cache entries that do not hash to their name: {bad}"
+    return entries
+
+
+# -- corrupt bytes -----------------------------------------------------------------------------
+
+
+def test_flipped_bits_are_never_served_eio_instead_and_nothing_bad_cached(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy
+) -> None:
+    # --retries 3: the fetcher downloads a chunk up to 3 times when its bytes do not match.
+    mount = mounts(artifact.via(proxy), "--retries", "3", "--prefetch", "off")
+    a = mount.path / "a.bin"
+
+    # A flip on one download of chunk 2: retried, the reader gets the right bytes.
+    once = proxy.add(Flip(offset=1000), method="GET", path=artifact.chunk_path("a.bin", 2), times=1)
+    assert read_range(a, 2 * CHUNK, CHUNK) == artifact.piece("a.bin", 2)
+    assert once.fired == 1 and proxy.count("GET", artifact.chunk_path("a.bin", 2)) == 2
+
+    # A flip on every download of chunk 5: EIO, as often as it is asked for; never bytes.
+    bad = artifact.chunks["a.bin"][5]
+    always = proxy.add(Flip(offset=CHUNK - 1, mask=0x80), method="GET", path=artifact.chunk_path("a.bin", 5),
+                       times=None)  # fmt: skip
+    for _ in range(2):
+        assert read_error(a, 5 * CHUNK + 10, 4096) == errno.EIO
+    assert always.fired == proxy.count("GET", artifact.chunk_path("a.bin", 5)) >= 6  # 3 per read
+    # The rest of the file, before and after the bad chunk, reads fine meanwhile.
+    assert read_range(a, 4 * CHUNK, CHUNK) == artifact.piece("a.bin", 4)
+    assert read_range(a, 6 * CHUNK, CHUNK) == artifact.piece("a.bin", 6)
+    entries = assert_cache_consistent(mount.cache)
+    assert bad not in entries and artifact.chunks["a.bin"][2] in entries
+    assert mount.stats()["fetch"]["integrity_failures"] >= 7
+
+    # The registry serves good bytes again: the same read now succeeds.
+    proxy.clear()
+    assert read_range(a, 5 * CHUNK, CHUNK) == artifact.piece("a.bin", 5)
+    assert bad in assert_cache_consistent(mount.cache)
+    assert mount.alive()
+    log = mount.log_text()
+    assert "does not match its digest" in log and "failed (EIO)" in log and "Traceback" not in log
+
+
+# -- transient faults: reads succeed -----------------------------------------------------------
+
+TRANSIENT: dict[str, Fault] = {
+    "reset-at-once": Reset(after=None),
+    "reset-mid-body": Reset(after=100_000),
+    "truncated": Truncate(after=50_000),
+    "503": Status(503),
+    "502": Status(502),
+    "429": too_many_requests(0.2),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSIENT))
+def test_transient_faults_on_chunk_gets_are_retried_and_reads_succeed(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy, name: str
+) -> None:
+    mount = mounts(artifact.via(proxy), "--retries", "3")
+    # Two faults on each of the first GETs of a.bin's chunks (read-ahead fetches several at once).
+    rule = proxy.add(TRANSIENT[name], method="GET", path=artifact.chunk_path("a.bin"), times=4)
+    started = time.monotonic()
+    assert (mount.path / "a.bin").read_bytes() == artifact.contents["a.bin"]
+    assert time.monotonic() - started < 15
+    assert rule.fired == 4
+    stats = mount.stats()["fetch"]
+    assert stats["errors"] == 0 and stats["integrity_failures"] == 0
+    assert "failed (EIO)" not in mount.log_text()
+    assert_cache_consistent(mount.cache)
+
+
+# -- stalls ------------------------------------------------------------------------------------
+
+
+def test_a_stalled_chunk_request_is_abandoned_and_the_read_completes(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy
+) -> None:
+    mount = mounts(artifact.via(proxy), "--prefetch", "off", read_timeout=1.0)
+    # Chunk 3's first GET stops after 50 KB and would hang forever.
+    proxy.add(Stall(after=50_000), method="GET", path=artifact.chunk_path("a.bin", 3), times=1)
+    started = time.monotonic()
+    assert read_range(mount.path / "a.bin", 3 * CHUNK, CHUNK) == artifact.piece("a.bin", 3)
+    elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 10, elapsed  # one read timeout, then a retry
+    stalled, retried = proxy.records("GET", artifact.chunk_path("a.bin", 3))
+    assert stalled.response_bytes == 50_000 and retried.status == 200
+
+
+def test_other_files_are_served_while_one_chunk_request_hangs(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy
+) -> None:
+    mount = mounts(artifact.via(proxy), "--prefetch", "off", read_timeout=5.0)
+    proxy.add(Stall(after=None), method="GET", path=artifact.chunk_path("a.bin", 1), times=1)
+    outcome: dict[str, Any] = {}
+
+    def hung_reader() -> None:
+        try:
+            outcome["data"] = read_range(mount.path / "a.bin", CHUNK, CHUNK)
+        except OSError as exc:
+            outcome["error"] = exc
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=hung_reader)
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 5
+    while proxy.count("GET", artifact.chunk_path("a.bin", 1)) == 0:
+        assert time.monotonic() < deadline, "the read never reached the registry"
+        time.sleep(0.01)
+
+    # While that request hangs: another file, and other chunks of the same file, read at once.
+    assert (mount.path / "b.bin").read_bytes() == artifact.contents["b.bin"]
+    assert read_range(mount.path / "a.bin", 6 * CHUNK, CHUNK) == artifact.piece("a.bin", 6)
+    assert json.loads(os.getxattr(mount.path, "user.ocifs.stats"))["fetch"]["in_flight"] == 1
+    served_by = time.monotonic()
+    assert thread.is_alive(), "the stalled read finished before the others were tried"
+
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert outcome.get("data") == artifact.piece("a.bin", 1), outcome.get("error")
+    assert served_by < outcome["at"] and outcome["at"] - started > 4.5  # abandoned after 5 s
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+
+def test_a_daemon_killed_mid_read_is_unmounted_leaves_a_good_cache_and_a_new_mount_works(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    cache = tmp_path / "kill-cache"
+    first = mounts(artifact.via(proxy), cache=cache)
+    # Slow bodies keep downloads, hashing and cache writes in flight when the kill lands.
+    proxy.add(Slow(rate=1024 * 1024), method="GET", path=r"/blobs/", times=None)
+    errors: list[int | None] = []
+
+    def reader() -> None:
+        try:
+            (first.path / "a.bin").read_bytes()
+        except OSError as exc:
+            errors.append(exc.errno)
+        else:
+            errors.append(None)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(cache_entries(cache)) < 3:  # the index and a chunk or two
+        assert time.monotonic() < deadline and thread.is_alive(), "the read made no progress"
+        time.sleep(0.01)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    thread.join(timeout=10)
+    # The reader is not left hanging: its read fails (the kernel aborts the connection).
+    assert not thread.is_alive()
+    assert errors in ([errno.ECONNABORTED], [errno.ENOTCONN]), errors
+
+    deadline = time.monotonic() + 5  # auto_unmount: libfuse's watcher removes the mount
+    while mounted(first.path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(first.path)
+    assert os.listdir(first.path) == []  # the plain directory underneath again
+
+    cached = assert_cache_consistent(cache)
+    proxy.clear()
+    second = mounts(artifact.via(proxy), cache=cache)
+    assert (second.path / "a.bin").read_bytes() == artifact.contents["a.bin"]
+    wanted = set(artifact.chunks["a.bin"])
+    assert wanted <= set(assert_cache_consistent(cache))
+    # The new mount downloaded only the chunks the killed one had not cached (the chunk index,
+    # fetched before any chunk, was cached).
+    assert second.stats()["fetch"]["downloads"] == len(wanted - set(cached))
