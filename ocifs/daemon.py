@@ -321,6 +321,7 @@ def _detach(config: MountConfig, log_fd: int | None) -> int:
         try:
             os.setsid()  # no controlling terminal: a closed terminal's SIGHUP does not reach us
             os.chdir("/")  # do not keep the caller's directory busy (every path is absolute)
+            _close_inherited_fds({write_end} | ({log_fd} if log_fd is not None else set()))
             status = _serve_in_process(config, _Readiness(write_end, log_fd))
         except BaseException:  # the child must never return into the caller's code
             log.exception("mount daemon failed")
@@ -345,6 +346,19 @@ def _detach(config: MountConfig, log_fd: int | None) -> int:
         code = os.waitstatus_to_exitcode(status)
         print(f"ocifs: error: the mount daemon exited during startup (status {code})", file=sys.stderr)
     return 1
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Close every descriptor above stdio the caller handed down, except ``keep``. A daemon that
+    keeps its caller's files keeps them busy for its whole life: ``exec 7<old-mount/file; mount
+    ... new-mount`` made the old mount "target is busy" until the new one was unmounted (seen in
+    the upgrade recipe of docs/operations.md), and libfuse's fusermount3 watcher inherits them
+    too. Runs before trio or libfuse open anything."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _redirect_stdio(log_fd: int | None) -> None:

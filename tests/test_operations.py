@@ -308,6 +308,34 @@ def test_two_versions_mounted_side_by_side_fetch_common_chunks_once(
         assert run("umount", mp).returncode == 0
 
 
+def test_upgrade_by_symlink_then_the_old_mount_unmounts_once_idle(
+    host_mounts: HostMounts, model: Pushed, tmp_path: Path
+) -> None:
+    # The recipe of docs/operations.md, run from a "shell" that holds a file of the old mount
+    # open while it mounts the new one (a daemon must not keep the files its caller had open).
+    old, new = host_mounts.point("llama-v1"), host_mounts.point("llama-v2")
+    options = ["-o", f"ro,cache_dir={tmp_path / 'cache'}"]
+    assert run("mount", "-t", "fuse.ocifs", model.ref, old, *options).returncode == 0
+    current = tmp_path / "llama"
+    current.symlink_to(old.name)
+    fd = os.open(current / "weights.bin", os.O_RDONLY)
+    try:
+        proc = run("mount", "-t", "fuse.ocifs", f"{model.ref}@{model.digest}", new, *options, pass_fds=(fd,))
+        assert proc.returncode == 0, proc.stderr
+        (tmp_path / "llama.new").symlink_to(new.name)
+        assert run("mv", "-T", tmp_path / "llama.new", current).returncode == 0  # rename(2): atomic
+        assert os.readlink(current) == new.name
+        assert_reads_like(current, model.source)
+        busy = run("umount", old)
+        assert busy.returncode != 0 and "busy" in busy.stderr  # the open file still reads
+        assert os.pread(fd, 10, 0) == (model.source / "weights.bin").read_bytes()[:10]
+    finally:
+        os.close(fd)
+    proc = run("umount", old)
+    assert proc.returncode == 0, proc.stderr  # the new mount's daemon holds nothing of the old one
+    assert not mounted(old) and mounted(new)
+
+
 # ------------------------------------------------------------------------------ ocifs status
 
 
