@@ -10,9 +10,9 @@ Every access to a mount runs in a daemon thread with a timeout: a stopped daemon
 debugger) blocks its mount's syscalls for as long as it is stopped, and a crashed one answers
 ``ENOTCONN`` until someone detaches it (``fusermount3 -u -z``).
 
-Exit status: 0 when every mount shown answered; 1 when one is dead or does not answer (so
-``ocifs status || alert`` works from a monitoring script); 2 when MOUNTPOINT is not an ocifs
-mount.
+Exit status: 0 when every mount shown answered (or is another user's that lets nobody else
+in); 1 when one is dead or does not answer, so ``ocifs status || alert`` works from a
+monitoring script; 2 when MOUNTPOINT is not an ocifs mount.
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ class MountEntry:
 
 @dataclass(frozen=True, slots=True)
 class MountStatus:
-    """A mount and what its daemon said: ``state`` is ``ok``, ``dead`` or ``not answering``."""
+    """A mount and what its daemon said: ``state`` is ``ok``, ``dead``, ``not answering`` or
+    ``no access`` (another user's mount without ``allow_other``: nothing wrong with it)."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("ok", "no access")
 
     entry: MountEntry
     state: str
@@ -151,6 +156,10 @@ def query(entry: MountEntry, timeout: float = ANSWER_TIMEOUT) -> MountStatus:
             if exc.errno == errno.ENOTCONN:
                 problem = f"its daemon is gone (ENOTCONN): detach it with fusermount3 -u -z {entry.mountpoint}"
                 answers.put(MountStatus(entry, "dead", problem=problem))
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                # FUSE lets only the mounting user in unless the mount has allow_other.
+                problem = "mounted by another user without allow_other: ask as that user or root"
+                answers.put(MountStatus(entry, "no access", problem=problem))
             else:
                 answers.put(MountStatus(entry, "dead", problem=f"stat failed: {exc.strerror}"))
             return
@@ -251,7 +260,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.mountpoint:
         status = query(find_mount(args.mountpoint))
         print(json.dumps(status.to_json(), indent=2, sort_keys=True) if args.json else detail_text(status))
-        return 0 if status.state == "ok" else 1
+        return 0 if status.healthy else 1
     statuses = [query(entry) for entry in ocifs_mounts()]
     if args.json:
         print(json.dumps({"mounts": [s.to_json() for s in statuses]}, indent=2, sort_keys=True))
@@ -260,4 +269,4 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         for status in statuses:
             print(summary_line(status))
-    return 0 if all(s.state == "ok" for s in statuses) else 1
+    return 0 if all(s.healthy for s in statuses) else 1

@@ -22,10 +22,12 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -120,9 +122,17 @@ class HostMounts:
 
     tmp: Path
     points: list[Path] = field(default_factory=list)
+    public: list[Path] = field(default_factory=list)
 
-    def point(self, name: str) -> Path:
-        path = self.tmp / name
+    def point(self, name: str, *, public: bool = False) -> Path:
+        """A new empty mount point; ``public``: where every user can reach it (pytest's
+        directories are private to root), removed at teardown."""
+        base = self.tmp
+        if public:
+            base = Path(tempfile.mkdtemp(prefix="ocifs-ops-"))
+            base.chmod(0o755)
+            self.public.append(base)
+        path = base / name
         path.mkdir()
         self.points.append(path)
         return path
@@ -137,6 +147,9 @@ class HostMounts:
             if not wait_for(lambda p=path: not daemons_on(p), timeout=5):
                 for pid in daemons_on(path):
                     os.kill(pid, signal.SIGKILL)
+        for base in self.public:
+            if not any(mounted(p) for p in self.points if base in p.parents):
+                shutil.rmtree(base)
 
 
 @pytest.fixture
@@ -400,6 +413,20 @@ def test_status_says_when_a_daemon_does_not_answer(host_mounts: HostMounts, mode
     finally:
         os.kill(daemon, signal.SIGCONT)
     assert ocifs("status", mp).returncode == 0
+
+
+def test_status_as_another_user(host_mounts: HostMounts, model: Pushed, tmp_path: Path) -> None:
+    # FUSE lets only the mounting user in unless allow_other: not a fault of the mount.
+    private, shared = host_mounts.point("private", public=True), host_mounts.point("shared", public=True)
+    for mp, options in ((private, "ro"), (shared, "ro,allow_other")):
+        proc = run("mount", "-t", "fuse.ocifs", model.ref, mp, "-o", f"{options},cache_dir={tmp_path / 'cache'}")
+        assert proc.returncode == 0, proc.stderr
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PYTHON, "status"]
+    env = {**os.environ, "HOME": "/nonexistent"}
+    proc = run(*nobody, private, env=env, cwd="/")
+    assert proc.returncode == 0 and "no access" in proc.stdout and "allow_other" in proc.stdout, proc
+    proc = run(*nobody, "--json", shared, env=env, cwd="/")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["state"] == "ok", proc
 
 
 def test_parse_mountinfo_finds_ocifs_mounts_only() -> None:
