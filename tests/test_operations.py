@@ -415,6 +415,25 @@ def test_status_says_when_a_daemon_does_not_answer(host_mounts: HostMounts, mode
     assert ocifs("status", mp).returncode == 0
 
 
+def test_status_reports_a_dead_mount_and_how_to_detach_it(
+    host_mounts: HostMounts, model: Pushed, tmp_path: Path
+) -> None:
+    mp = host_mounts.point("mnt")
+    assert run("mount", "-t", "fuse.ocifs", model.ref, mp, "-o", f"cache_dir={tmp_path / 'cache'}").returncode == 0
+    os.stat(mp)  # the kernel caches the root's attributes: a stat alone would not notice the death
+    # Both the daemon and libfuse's auto_unmount watcher die (kill -9 of the whole service, OOM).
+    watcher = [pid for pid in daemons_on(mp) if b"fusermount3" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    daemon = [pid for pid in daemons_on(mp) if pid not in watcher]
+    for pid in watcher + daemon:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not daemons_on(mp), timeout=5)
+    assert mounted(mp)
+    proc = ocifs("status", mp, check=False)
+    assert proc.returncode == 1 and "dead" in proc.stdout and f"fusermount3 -u -z {mp}" in proc.stdout, proc.stdout
+    assert run("fusermount3", "-u", "-z", mp).returncode == 0
+    assert not mounted(mp)
+
+
 def test_status_as_another_user(host_mounts: HostMounts, model: Pushed, tmp_path: Path) -> None:
     # FUSE lets only the mounting user in unless allow_other: not a fault of the mount.
     private, shared = host_mounts.point("private", public=True), host_mounts.point("shared", public=True)
