@@ -194,6 +194,12 @@ def blob_gets(proxy: FaultProxy) -> list[str]:
     return [r.path.rsplit("/", 1)[-1] for r in proxy.records("GET", r"/blobs/sha256:")]
 
 
+def stall_timeout(fault: Fault, seconds: float = 0.5) -> float | None:
+    """A short read timeout where the fault is a stall; elsewhere the default (60 s), so that a
+    registry slowed down by a loaded machine is not mistaken for a stalled one."""
+    return seconds if isinstance(fault, Stall) else None
+
+
 # -- bursts: the pull completes ----------------------------------------------------------------
 
 #: name: (fault, how many chunk GETs it hits). Each hits the first GETs of different chunks
@@ -219,7 +225,8 @@ def test_fault_burst_on_chunk_gets_still_pulls_exact_files(
     fault, times = BURSTS[name]
     rule = proxy.add(fault, method="GET", path=artifact.chunk_path(), times=times)
     started = time.monotonic()
-    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", "--retries", "3", read_timeout=0.5)
+    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", "--retries", "3",
+                      read_timeout=stall_timeout(fault))  # fmt: skip
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert rule.fired == times
@@ -275,7 +282,8 @@ def test_persistent_fault_is_one_clear_line_and_no_final_file(
     bad = artifact.chunks[5]
     proxy.add(fault, method="GET", path=artifact.chunk_path(5), times=None)
     started = time.monotonic()
-    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", "--retries", "2", read_timeout=0.3)
+    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", "--retries", "2",
+                      read_timeout=stall_timeout(fault, 0.3))  # fmt: skip
     elapsed = time.monotonic() - started
     warnings = rf"^download of {bad} from {REPO} does not match its digest" if isinstance(fault, Flip) else None
     line = assert_one_line_error(
@@ -343,10 +351,10 @@ def test_a_stalled_last_chunk_is_abandoned_and_retried_not_hung_at_99_percent(
 
 
 def test_a_slow_but_steady_pull_is_not_abandoned(artifact: Artifact, proxy: FaultProxy, tmp_path: Path) -> None:
-    # Every chunk body at 256 KiB/s (0.25 s per chunk): longer in total than the read timeout,
+    # Every chunk body at 96 KiB/s (0.67 s per chunk): longer in total than the read timeout,
     # but never silent for that long. The timeout is per read, so nothing is retried.
-    proxy.add(Slow(rate=256 * 1024), method="GET", path=artifact.chunk_path(), times=None)
-    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", read_timeout=0.2)
+    proxy.add(Slow(rate=96 * 1024), method="GET", path=artifact.chunk_path(), times=None)
+    result = run_pull(artifact.via(proxy), tmp_path / "out", tmp_path / "cache", read_timeout=0.5)
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == artifact.contents
     assert len(blob_gets(proxy)) == COUNT + 2
@@ -384,7 +392,8 @@ class KillAt:
         self.fired.set()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+# Seeds chosen to spread the kill: after blob GET 4, 9, 21 and 31 of 34.
+@pytest.mark.parametrize("seed", [2, 1, 7, 12])
 def test_pull_killed_at_a_random_point_leaves_a_consistent_cache_and_resumes(
     shared_registry: RegistryServer, tmp_path: Path, seed: int
 ) -> None:
@@ -392,7 +401,7 @@ def test_pull_killed_at_a_random_point_leaves_a_consistent_cache_and_resumes(
     art = make_artifact(shared_registry, tmp_path / "src", f"faults/pull-kill-{seed}", count=count)
     out, cache = tmp_path / "out", tmp_path / "cache"
     rng = random.Random(seed)
-    kill = KillAt(rng.randint(1, count + 2), rng.uniform(0, 0.05))
+    kill = KillAt(rng.randint(1, count), rng.uniform(0, 0.05))
     with FaultProxy(shared_registry.host, on_request=kill) as proxy:
         # 1 MiB/s per connection: ~60 ms per chunk, so the kill finds downloads, hashing and
         # cache writes in flight.
