@@ -72,7 +72,7 @@ httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 FAST_PATH_MIN_BYTES = 256 * 1024
 
 # Request bodies are sent in slices of this size, each with its own write timeout.
-UPLOAD_SLICE = 256 * 1024
+UPLOAD_SLICE = 1024 * 1024
 
 # Registries that refuse a monolithic PUT get the upload as PATCH pieces of this size:
 # GHCR rejects PATCH bodies over 4 MiB (../shared/registries.md).
@@ -596,7 +596,7 @@ class RegistryClient:
             body: bytes | AsyncIterator[bytes] | None = content
             if content is not None and len(content) > UPLOAD_SLICE:
                 # httpx times a write as a whole: a 16 MiB body on a slow link would time out
-                # however steadily it moves. Slices give each 256 KiB its own write timeout.
+                # however steadily it moves. Slices give each 1 MiB its own write timeout.
                 body = _slices(content)
                 request_headers["Content-Length"] = str(len(content))
             request = self._http.build_request(method, url, headers=request_headers, params=params, content=body)
@@ -718,9 +718,10 @@ def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
 
 
 async def _slices(data: bytes) -> AsyncIterator[bytes]:
+    # memoryview slices: no copy (256 KiB copied slices cost ~0.3 CPU-s/GiB, bench/profile_push.py).
     view = memoryview(data)
     for start in range(0, len(data), UPLOAD_SLICE):
-        yield bytes(view[start : start + UPLOAD_SLICE])
+        yield view[start : start + UPLOAD_SLICE]  # type: ignore[misc]
 
 
 async def _discard(response: httpx.Response) -> None:
