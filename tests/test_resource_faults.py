@@ -524,8 +524,9 @@ def as_nobody_checks(root: Path, cache: Path) -> dict[str, Any]:
 
 
 def test_allow_other_lets_another_user_read_what_the_mount_shows_and_change_nothing(
-    artifact: Artifact, mounts: Mounter, world_dir: Path, tmp_path: Path
+    artifact: Artifact, world_dir: Path, mounts: Mounter, tmp_path: Path
 ) -> None:
+    # world_dir is requested before mounts: set up first, so removed after the unmounts.
     cache = tmp_path / "cache"  # root's, under pytest's 0700 directory
     private = mounts(artifact.ref, mountpoint=world_dir / "private", cache=cache)
     assert as_nobody_checks(private.path, cache) == {"listing": "EACCES"}  # without allow_other
