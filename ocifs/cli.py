@@ -36,6 +36,16 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -48,6 +58,7 @@ def positive_int(text: str) -> int:
 
 DEFAULT_JOBS = 8
 DEFAULT_RETRIES = 5
+DEFAULT_READ_TIMEOUT = 60.0
 
 
 def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
@@ -59,6 +70,8 @@ def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
         args.jobs = settings.jobs or DEFAULT_JOBS
     if getattr(args, "retries", False) is None:
         args.retries = settings.retries or DEFAULT_RETRIES
+    if getattr(args, "read_timeout", False) is None:
+        args.read_timeout = settings.read_timeout or DEFAULT_READ_TIMEOUT
     if hasattr(args, "cache_dir") and args.cache_dir is None:
         args.cache_dir = settings.cache_dir
     if hasattr(args, "cache_max_size") and args.cache_max_size is None:
@@ -93,6 +106,7 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         insecure=args.insecure,
         max_connections=max(8, jobs * 2),
         retry=RetryPolicy(attempts=args.retries or DEFAULT_RETRIES),
+        read_timeout=getattr(args, "read_timeout", None) or DEFAULT_READ_TIMEOUT,
     )
 
 
@@ -102,6 +116,13 @@ def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
     group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
     group.add_argument("--retries", type=positive_int, default=None, help="attempts per request (default 5)")
+    group.add_argument(
+        "--read-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="abandon and retry a request that sends nothing for this long (default 60)",
+    )
 
 
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:

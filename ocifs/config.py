@@ -14,6 +14,7 @@ Schema (all keys optional)::
     [transfer]
     jobs = 8                     # parallel connections
     retries = 5                  # attempts per request
+    read_timeout = 60            # seconds without a byte before a request is abandoned and retried
 
     [registry."registry.example.com:5000"]
     plain_http = false
@@ -73,6 +74,7 @@ class Settings:
     cache_memory: int | None = None
     jobs: int | None = None
     retries: int | None = None
+    read_timeout: float | None = None
     registries: dict[str, RegistrySettings] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
 
@@ -123,7 +125,7 @@ def _parse(path: Path, text: str) -> Settings:
     cache = checker.table(data, "cache")
     checker.keys(cache, {"dir", "max_size", "memory"}, "cache")
     transfer = checker.table(data, "transfer")
-    checker.keys(transfer, {"jobs", "retries"}, "transfer")
+    checker.keys(transfer, {"jobs", "retries", "read_timeout"}, "transfer")
     registries: dict[str, RegistrySettings] = {}
     for host, table in checker.table(data, "registry").items():
         where = f'registry."{host}"'
@@ -145,6 +147,7 @@ def _parse(path: Path, text: str) -> Settings:
         cache_memory=checker.size(cache, "memory", "cache"),
         jobs=checker.positive(transfer, "jobs", "transfer"),
         retries=checker.positive(transfer, "retries", "transfer"),
+        read_timeout=checker.seconds(transfer, "read_timeout", "transfer"),
         registries=registries,
         sources=(str(path),),
     )
@@ -160,6 +163,7 @@ def _merge(base: Settings, top: Settings) -> Settings:
         cache_memory=top.cache_memory if top.cache_memory is not None else base.cache_memory,
         jobs=top.jobs or base.jobs,
         retries=top.retries or base.retries,
+        read_timeout=top.read_timeout or base.read_timeout,
         registries=registries,
         sources=base.sources + top.sources,
     )
@@ -213,6 +217,12 @@ class _Checker:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise self.error(key, f"{where}.{key} must be a whole number of at least 1")
         return value
+
+    def seconds(self, table: dict[str, Any], key: str, where: str) -> float | None:
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise self.error(key, f"{where}.{key} must be a number of seconds above 0")
+        return float(value) if value is not None else None
 
     def size(self, table: dict[str, Any], key: str, where: str) -> int | None:
         value = table.get(key)

@@ -89,6 +89,7 @@ OCIFS_OPTIONS: dict[str, bool] = {
     "cache_max_size": True,
     "log_file": True,
     "retries": True,
+    "read_timeout": True,
     "ca_file": True,
     "read_ahead_kb": True,
     "plain_http": False,
@@ -164,12 +165,13 @@ def apply_options(args: argparse.Namespace) -> None:
     """Fold our ``-o`` keys into ``args`` as if given as flags (``-o prefetch=whole`` is
     ``--prefetch whole``) and keep libfuse's in ``args.fuse_options``. Called by the CLI
     before it builds client options, so ``-o plain_http`` works from fstab."""
-    from ocifs.cli import parse_size, positive_int  # the CLI's own value parsers
+    from ocifs.cli import parse_size, positive_float, positive_int  # the CLI's own value parsers
 
     ours, fuse = split_options(getattr(args, "options", None) or [])
     converters: dict[str, Callable[[str], Any]] = {
         "jobs": positive_int,
         "retries": positive_int,
+        "read_timeout": positive_float,
         "read_ahead_kb": positive_int,
         "cache_max_size": parse_size,
     }

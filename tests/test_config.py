@@ -58,6 +58,7 @@ def test_user_file_overrides_system_file_key_by_key(tmp_path: Path) -> None:
         ("[cache]\n\n\nbogus = 1\n", r"line 4: unknown setting 'cache.bogus'"),
         ("[transfer]\njobs = 0\n", r"line 2: transfer.jobs must be a whole number"),
         ("[transfer]\njobs = true\n", r"transfer.jobs must be a whole number"),
+        ("[transfer]\nread_timeout = 0\n", r"line 2: transfer.read_timeout must be a number of seconds above 0"),
         ('[registry."r:1"]\nplain_http = "yes"\n', r"line 2: registry.\"r:1\".plain_http must be true or false"),
         ('[registry."r:1"]\nmirrors = "m:1"\n', r"mirrors must be a list"),
         ("cache = 5\n", r"\[cache\] must be a table"),
@@ -84,6 +85,10 @@ def test_flags_override_config_and_config_fills_the_rest(tmp_path: Path) -> None
     assert args.jobs == 2  # the flag wins
     assert args.cache_dir == "/srv/ocifs-cache" and args.cache_max_size == 50 << 30
     assert args.plain_http is True and args.retries == cli.DEFAULT_RETRIES
+    assert cli.client_options(args).read_timeout == cli.DEFAULT_READ_TIMEOUT
+    quick = parser.parse_args(["pull", "reg.example:5000/m:v1", "--read-timeout", "2.5"])
+    cli.apply_settings(quick, settings)
+    assert cli.client_options(quick).read_timeout == 2.5
     other = parser.parse_args(["pull", "elsewhere.example/m:v1"])
     cli.apply_settings(other, settings)
     assert other.jobs == 12 and other.plain_http is False
