@@ -83,7 +83,6 @@ def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
         args.plain_http = args.plain_http or registry.plain_http
         args.ca_file = args.ca_file or registry.ca_file
         args.insecure = args.insecure or registry.insecure
-        args.mirrors = list(registry.mirrors)
 
 
 def _registry_of(args: argparse.Namespace) -> str | None:

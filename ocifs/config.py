@@ -20,7 +20,6 @@ Schema (all keys optional)::
     plain_http = false
     ca_file = "/etc/ocifs/ca.pem"
     insecure = false
-    mirrors = ["mirror.local:5000"]   # tried in order before the registry itself, for pulls
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ class RegistrySettings:
     plain_http: bool = False
     ca_file: str | None = None
     insecure: bool = False
-    mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +129,11 @@ def _parse(path: Path, text: str) -> Settings:
         where = f'registry."{host}"'
         if not isinstance(table, dict):
             raise checker.error(host, f"{where} must be a table")
-        checker.keys(table, {"plain_http", "ca_file", "insecure", "mirrors"}, where)
-        mirrors = table.get("mirrors", [])
-        if not isinstance(mirrors, list) or not all(isinstance(m, str) and m for m in mirrors):
-            raise checker.error("mirrors", f"{where}.mirrors must be a list of host[:port] strings")
+        checker.keys(table, {"plain_http", "ca_file", "insecure"}, where)
         registries[host] = RegistrySettings(
             plain_http=checker.boolean(table, "plain_http", where),
             ca_file=checker.string(table, "ca_file", where),
             insecure=checker.boolean(table, "insecure", where),
-            mirrors=tuple(mirrors),
         )
     return Settings(
         cache_dir=checker.string(cache, "dir", "cache"),

@@ -23,7 +23,6 @@ jobs = 12
 
 [registry."reg.example:5000"]
 plain_http = true
-mirrors = ["mirror.local:5000"]
 """
 
 
@@ -39,7 +38,6 @@ def test_good_file_is_read(tmp_path: Path) -> None:
     assert settings.cache_max_size == 50 << 30
     assert settings.jobs == 12 and settings.retries is None
     assert settings.registry("reg.example:5000").plain_http
-    assert settings.registry("reg.example:5000").mirrors == ("mirror.local:5000",)
     assert settings.registry("other:1") == config.RegistrySettings()
 
 
@@ -60,7 +58,7 @@ def test_user_file_overrides_system_file_key_by_key(tmp_path: Path) -> None:
         ("[transfer]\njobs = true\n", r"transfer.jobs must be a whole number"),
         ("[transfer]\nread_timeout = 0\n", r"line 2: transfer.read_timeout must be a number of seconds above 0"),
         ('[registry."r:1"]\nplain_http = "yes"\n', r"line 2: registry.\"r:1\".plain_http must be true or false"),
-        ('[registry."r:1"]\nmirrors = "m:1"\n', r"mirrors must be a list"),
+        ('[registry."r:1"]\nmirrors = ["m:1"]\n', r"line 2: unknown setting 'registry.\"r:1\".mirrors'"),
         ("cache = 5\n", r"\[cache\] must be a table"),
     ],
 )
