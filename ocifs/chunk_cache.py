@@ -35,6 +35,7 @@ total are guarded by one lock held only for dictionary-sized work, never across 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import fcntl
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Directory under the root that holds this layout; a future incompatible layout gets "v2".
 LAYOUT_VERSION = "v1"
+#: A download claim older than this belongs to a process that died: a 16 MiB chunk downloads in
+#: well under a second here, and even on a slow link in less than this.
+STALE_CLAIM_AGE = 120.0
 
 #: Default budget of the in-memory tier: 16 chunks of the default 16 MiB, enough to hold the
 #: chunks the default 8 concurrent downloads produce plus the ones being read right now.
@@ -223,6 +227,44 @@ class ChunkCache:
         if max_size is not None:
             limit = max_size
             self._evict_pass(limit=limit, target=limit, raise_errors=False)
+
+    # ------------------------------------------------------------ cross-process claims
+
+    def try_claim(self, digest: Digest) -> Path | None:
+        """Claim the download of ``digest`` among every process sharing this cache.
+
+        Returns a claim (give it to :meth:`release_claim`) or None if another process holds one:
+        that process is downloading the chunk and will put it here, so the caller polls
+        :meth:`contains`. A claim is an empty file created with ``O_EXCL``: no descriptor stays
+        open (a process near its open-file limit loses nothing), and a claim left by a killed
+        process is taken over once older than :data:`STALE_CLAIM_AGE`. If the claim cannot be
+        written (read-only or full cache) it is granted: with nowhere to store the chunk there
+        is nothing to share.
+        """
+        path = self._base / "claims" / digest.hex
+        for _ in range(2):
+            try:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                return path
+            except FileExistsError:
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if age < STALE_CLAIM_AGE:
+                    return None
+                path.unlink(missing_ok=True)  # its owner died; take it over
+            except OSError:
+                return path.with_name(".unwritable")
+        return None
+
+    @staticmethod
+    def release_claim(claim: Path) -> None:
+        """Release a claim from :meth:`try_claim`."""
+        if claim.name != ".unwritable":
+            with contextlib.suppress(OSError):
+                claim.unlink()
 
     # ------------------------------------------------------------------ lookups
 

@@ -31,6 +31,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 #: while: wait a little longer rather than hammer it.
 RETRY_BASE_DELAY = 1.0
 MAX_RETRY_DELAY = 20.0
+#: While another process downloads a chunk we need, look for it this often, and give up
+#: waiting (download it ourselves) after CLAIM_WAIT: a 16 MiB chunk takes well under a second
+#: here, so a claim held longer belongs to a peer that is stalled or retrying.
+CLAIM_POLL = 0.02
+CLAIM_WAIT = 30.0
 
 
 class BlobSource(Protocol):
@@ -75,7 +81,8 @@ class FetchStats:
     answered from the cache tiers; ``coalesced``: calls answered by another task's flight.
     ``in_flight``: source requests running now (``peak_in_flight`` the most at once).
     ``retries``: attempts after a failed one; ``integrity_failures``: downloads whose bytes did
-    not match the digest (or were cut short); ``errors``: fetches that finally failed.
+    not match the digest (or were cut short); ``errors``: fetches that finally failed;
+    ``claim_waits``: polls while another process sharing the cache downloaded a chunk we need.
     """
 
     downloads: int = 0
@@ -88,6 +95,7 @@ class FetchStats:
     retries: int = 0
     errors: int = 0
     integrity_failures: int = 0
+    claim_waits: int = 0
 
 
 class _Flight:
@@ -281,10 +289,39 @@ class Fetcher:
         if data is not None:
             self._stats.disk_hits += 1
             return data
-        data = await self._download_verified(repository, digest, size)
-        # put() never raises for I/O trouble (it degrades to "uncached" with one warning).
-        await trio.to_thread.run_sync(functools.partial(self.cache.put, digest, data, verified=True))
-        return data
+        # Single flight across processes too: two mounts (or a mount and a pull) sharing the
+        # cache would otherwise both download a chunk both need at the same moment.
+        claim, waited = await self._claim(digest)
+        try:
+            if waited:  # another process held the claim: it has probably stored the chunk
+                data = await trio.to_thread.run_sync(get_disk)
+                if data is not None:
+                    self._stats.disk_hits += 1
+                    return data
+            data = await self._download_verified(repository, digest, size)
+            # put() never raises for I/O trouble (it degrades to "uncached" with one warning).
+            await trio.to_thread.run_sync(functools.partial(self.cache.put, digest, data, verified=True))
+            return data
+        finally:
+            if claim is not None:
+                self.cache.release_claim(claim)
+
+    async def _claim(self, digest: Digest) -> tuple[Path | None, bool]:
+        """Claim ``digest``'s download in the shared cache, waiting while another process holds
+        it. Returns the claim (None if the chunk appeared on disk meanwhile, or after
+        :data:`CLAIM_WAIT` seconds, when the caller downloads anyway rather than trust a stuck
+        peer) and whether it had to wait (then the caller looks on disk again first)."""
+        deadline = trio.current_time() + CLAIM_WAIT
+        waited = False
+        while True:
+            claim = await trio.to_thread.run_sync(self.cache.try_claim, digest)
+            if claim is not None:
+                return claim, waited
+            if await trio.to_thread.run_sync(self.cache.contains, digest) or trio.current_time() > deadline:
+                return None, True
+            waited = True
+            self._stats.claim_waits += 1
+            await trio.sleep(CLAIM_POLL)
 
     async def _download_verified(self, repository: str, digest: Digest, size: int | None) -> bytes:
         """Download until the bytes match the digest; retries corrupt and unavailable answers."""

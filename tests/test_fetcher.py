@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -343,3 +343,25 @@ async def test_get_range_reads_plain_blob_pieces_and_retries_short_answers(
     calls = len(source.range_calls)
     assert await fetcher.get_range(REPO, digest, 9000, 10_000) == data[9000:]
     assert len(source.range_calls) == calls
+
+
+async def test_two_processes_sharing_a_cache_download_a_chunk_once(tmp_path: Path) -> None:
+    """Two fetchers on separate ChunkCache objects over one directory stand for two processes
+    (flock claims conflict between open file descriptions, in one process as across two)."""
+    digest, data = blob(21)
+    first_source, second_source = FakeSource((digest, data)), FakeSource((digest, data))
+    first_source.delay = second_source.delay = 0.3
+    first = Fetcher(first_source, ChunkCache(tmp_path / "shared"))
+    second = Fetcher(second_source, ChunkCache(tmp_path / "shared"))
+    results: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(results, first.get(REPO, digest, len(data))))
+        await trio.sleep(0.05)  # the first one holds the claim and is downloading
+        nursery.start_soon(lambda: _append(results, second.get(REPO, digest, len(data))))
+    assert results == [data, data]
+    assert first_source.calls[digest] + second_source.calls[digest] == 1
+    assert second.stats().claim_waits > 0 and second.stats().disk_hits == 1
+
+
+async def _append(results: list[bytes], pending: Awaitable[bytes]) -> None:
+    results.append(await pending)
