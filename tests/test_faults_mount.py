@@ -7,9 +7,8 @@ one file's chunk hangs, reads of other files go on; and after ``kill -9`` of the
 mount goes away by itself (``auto_unmount``), the cache is intact and a new mount works.
 
 Each mount gets its own ``$NOTIFY_SOCKET`` and the test waits for ``READY=1``; every mount is
-detached and its daemon stopped by the ``mounts`` fixture, even when a test fails. The mount
-has no read-timeout option (the registry client's ``read_timeout`` is 60 s), so daemons start
-through :data:`LAUNCHER`, which takes a shorter one from the environment for the stall tests.
+detached and its daemon stopped by the ``mounts`` fixture, even when a test fails. Stall tests
+shorten the wait with ``--read-timeout``.
 """
 
 from __future__ import annotations
@@ -44,20 +43,6 @@ from ocifs.registry.client import RegistryClient
 CHUNK = 256 * 1024
 REPO = "faults/mount"
 READY_TIMEOUT = 30.0
-
-#: ``python -c LAUNCHER ARGS...`` is ``ocifs ARGS...`` with the registry client's read timeout
-#: taken from ``$OCIFS_TEST_READ_TIMEOUT`` (neither the CLI nor ``-o`` exposes it).
-LAUNCHER = """
-import dataclasses, os, sys
-import ocifs.cli as cli
-_options = cli.client_options
-def client_options(args):
-    timeout = os.environ.get("OCIFS_TEST_READ_TIMEOUT")
-    options = _options(args)
-    return dataclasses.replace(options, read_timeout=float(timeout)) if timeout else options
-cli.client_options = client_options
-sys.exit(cli.main(sys.argv[1:]))
-"""
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,8 +140,8 @@ class Mounter:
         address = f"ocifs-faults-{secrets.token_hex(8)}"
         env = dict(os.environ, NOTIFY_SOCKET=f"@{address}")
         if read_timeout is not None:
-            env["OCIFS_TEST_READ_TIMEOUT"] = str(read_timeout)
-        command = [sys.executable, "-c", LAUNCHER, "mount", ref, str(mountpoint), "--cache-dir", str(cache),
+            flags = (*flags, "--read-timeout", str(read_timeout))
+        command = [sys.executable, "-m", "ocifs", "mount", ref, str(mountpoint), "--cache-dir", str(cache),
                    "--foreground", *flags]  # fmt: skip
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(f"\0{address}")

@@ -8,9 +8,7 @@ downloads only what is missing; a stalled request is abandoned and retried inste
 the pull at 99 %; and ``kill -9`` at any moment leaves a cache whose every visible entry hashes
 to its name, from which a re-run completes.
 
-The CLI has no read-timeout flag (the registry client's ``read_timeout`` is 60 s), so stall
-tests start the CLI through :data:`LAUNCHER`, which shortens it from the environment; everything
-else is the real ``ocifs pull`` command.
+Stall tests shorten the wait with ``--read-timeout``.
 """
 
 from __future__ import annotations
@@ -54,20 +52,6 @@ COUNT = 12  # chunks of model.bin
 REPO = "faults/pull"
 TEMP_PREFIX = ".ocifs-pull-"  # pull's temp files in the target directory
 CACHE_TEMP_PREFIX = ".tmp-"  # the chunk cache's temp files
-
-#: ``python -c LAUNCHER ARGS...`` is ``ocifs ARGS...`` with the registry client's read timeout
-#: taken from ``$OCIFS_TEST_READ_TIMEOUT`` (the CLI exposes no flag for it).
-LAUNCHER = """
-import dataclasses, os, sys
-import ocifs.cli as cli
-_options = cli.client_options
-def client_options(args):
-    timeout = os.environ.get("OCIFS_TEST_READ_TIMEOUT")
-    options = _options(args)
-    return dataclasses.replace(options, read_timeout=float(timeout)) if timeout else options
-cli.client_options = client_options
-sys.exit(cli.main(sys.argv[1:]))
-"""
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,18 +114,17 @@ def proxy(shared_registry: RegistryServer) -> Iterator[FaultProxy]:
 
 
 def pull_cmd(ref: str, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", LAUNCHER, "pull", ref, "-o", str(out), "--cache-dir", str(cache), "-q",
+    return [sys.executable, "-m", "ocifs", "pull", ref, "-o", str(out), "--cache-dir", str(cache), "-q",
             "-j", "4", *extra]  # fmt: skip
 
 
 def run_pull(
     ref: str, out: Path, cache: Path, *extra: str, read_timeout: float | None = None, timeout: float = 50
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
     if read_timeout is not None:
-        env["OCIFS_TEST_READ_TIMEOUT"] = str(read_timeout)
+        extra = (*extra, "--read-timeout", str(read_timeout))
     return subprocess.run(
-        pull_cmd(ref, out, cache, *extra), capture_output=True, text=True, timeout=timeout, env=env, check=False
+        pull_cmd(ref, out, cache, *extra), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
