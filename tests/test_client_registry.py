@@ -243,3 +243,18 @@ def test_cli_version_and_bad_reference() -> None:
     result = run_cli("inspect", "Not A Ref")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("ocifs: error: invalid reference") and "Traceback" not in result.stderr
+
+
+async def test_identity_token_falls_back_to_get_when_the_realm_has_no_oauth_endpoint(
+    registry_token: RegistryServer, docker_config: DockerConfig
+) -> None:
+    """The test token server answers the OAuth2 POST with 404, as distribution's spec allows:
+    the client then asks with GET and the Basic credentials stored beside the token."""
+    user, password = registry_token.credentials()
+    docker_config.add_auth(registry_token, user, password, identitytoken="refresh-token-123")
+    creds = lookup_credentials(registry_token.host)
+    assert creds is not None and creds.identity_token == "refresh-token-123" and creds.password == password
+    async with client_for(registry_token, creds) as client:
+        data = b"via identity token config"
+        assert await client.upload_blob("idtok/x", Digest.of_bytes(data), data) == "uploaded"
+    assert any(r.user == user for r in registry_token.token_server.requests)

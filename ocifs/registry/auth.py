@@ -134,6 +134,7 @@ class TokenAuthority:
         creds = self._credentials
         self.token_requests += 1
         log.debug("requesting token from %s for %s", realm, " ".join(scopes) or "(no scope)")
+        response = None
         if creds is not None and creds.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": "ocifs"}
             if service:
@@ -141,14 +142,18 @@ class TokenAuthority:
             if scopes:
                 form["scope"] = " ".join(scopes)
             response = await self._send(httpx.Request("POST", realm, data=form))
-        else:
+            if response.status_code in (404, 405):
+                # A realm without the OAuth2 POST endpoint (distribution's spec: "fall back to GET").
+                response = None
+        if response is None:
             query: list[tuple[str, str | int | float | bool | None]] = []
             if service:
                 query.append(("service", service))
             query.extend(("scope", s) for s in scopes)
             headers = {}
-            if creds is not None:
-                headers["Authorization"] = basic_header(creds)
+            if creds is not None and (creds.password or creds.identity_token):
+                secret = creds.password or creds.identity_token or ""
+                headers["Authorization"] = basic_header(Credentials(creds.username, secret))
             response = await self._send(httpx.Request("GET", realm, params=query, headers=headers))
         if response.status_code in (401, 403):
             if creds is None:

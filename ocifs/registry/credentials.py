@@ -119,7 +119,12 @@ def _from_auth_entry(entry: dict[str, Any], registry: str) -> Credentials | None
         if not sep:
             raise ConfigError(f"docker config: the auth entry for {registry} is not user:password")
     if isinstance(token, str) and token:
-        return Credentials(username if isinstance(username, str) else "", "", identity_token=token)
+        # Keep a password stored beside the token: a realm without the OAuth2 endpoint needs it.
+        return Credentials(
+            username if isinstance(username, str) else "",
+            password if isinstance(password, str) else "",
+            identity_token=token,
+        )
     if isinstance(username, str) and isinstance(password, str) and username:
         return Credentials(username, password)
     return None
