@@ -23,8 +23,8 @@ from common import GIB, MIB, load_average, log, machine_info, parse_size, size_l
 # name → module in bench/. Pull and mount suites are to be added by their owners.
 SUITES: dict[str, str] = {
     "push": "push_bench",
-    # "pull": "pull_bench",
-    # "mount": "mount_bench",
+    "pull": "pull_bench",
+    "mount": "mount_bench",
 }
 DEFAULT_SIZES = "1G,4G"
 QUICK_SIZE = 256 * MIB
