@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import GIB, MIB, load_average, log, machine_info, parse_size, size_label, work_directory, write_json
 
-# name → module in bench/. Pull and mount suites are to be added by their owners.
+# name → module in bench/ (make bench runs them all; --only picks some).
 SUITES: dict[str, str] = {
     "push": "push_bench",
     "pull": "pull_bench",
