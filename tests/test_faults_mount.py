@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import re
-import secrets
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from support.fault_proxy import Fault, FaultProxy, Flip, Reset, Slow, Stall, Status, Truncate, too_many_requests
+from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
 from ocifs import push
@@ -42,7 +38,6 @@ from ocifs.registry.client import RegistryClient
 
 CHUNK = 256 * 1024
 REPO = "faults/mount"
-READY_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,94 +96,12 @@ def proxy(shared_registry: RegistryServer) -> Iterator[FaultProxy]:
 # -- mounts ------------------------------------------------------------------------------------
 
 
-def mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-    cache: Path
-
-    def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(os.getxattr(self.path, "user.ocifs.stats"))
-        return data
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-@dataclass
-class Mounter:
-    """Starts foreground mounts in subprocesses and guarantees their teardown."""
-
-    tmp: Path
-    mounts: list[Mount] = field(default_factory=list)
-
-    def __call__(self, ref: str, *flags: str, cache: Path | None = None, read_timeout: float | None = None) -> Mount:
-        n = len(self.mounts)
-        mountpoint = self.tmp / f"mnt-{n}"
-        mountpoint.mkdir()
-        cache = cache or self.tmp / "cache"
-        log = self.tmp / f"daemon-{n}.log"
-        address = f"ocifs-faults-{secrets.token_hex(8)}"
-        env = dict(os.environ, NOTIFY_SOCKET=f"@{address}")
-        if read_timeout is not None:
-            flags = (*flags, "--read-timeout", str(read_timeout))
-        command = [sys.executable, "-m", "ocifs", "mount", ref, str(mountpoint), "--cache-dir", str(cache),
-                   "--foreground", *flags]  # fmt: skip
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(f"\0{address}")
-            sock.settimeout(0.2)
-            with log.open("wb") as out:
-                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-            mount = Mount(mountpoint, proc, log, cache)
-            self.mounts.append(mount)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while "READY=1" not in _receive(sock):
-                assert proc.poll() is None, f"ocifs mount exited {proc.returncode}: {mount.log_text()}"
-                assert time.monotonic() < deadline, f"no READY=1 within {READY_TIMEOUT} s: {mount.log_text()}"
-        assert mounted(mountpoint)
-        return mount
-
-    def cleanup(self) -> list[str]:
-        """Unmount every mount; the logs of daemons that did not exit within 10 s of it."""
-        hung = []
-        for mount in self.mounts:
-            subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], capture_output=True, check=False)
-            try:
-                mount.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                hung.append(mount.log_text())
-                mount.proc.kill()
-                mount.proc.wait(timeout=10)
-        return hung
-
-
-def _receive(sock: socket.socket) -> str:
-    try:
-        return sock.recv(4096).decode()
-    except TimeoutError:
-        return ""
-
-
 @pytest.fixture
 def mounts(tmp_path: Path, proxy: FaultProxy) -> Iterator[Mounter]:
     """Mounts, all unmounted before the proxy closes (a read-ahead still in flight would
     otherwise retry against a closed port and delay the daemon's exit)."""
-    mounter = Mounter(tmp_path)
-    try:
-        yield mounter
-    finally:
-        hung = mounter.cleanup()
-        assert not any(mounted(m.path) for m in mounter.mounts), "a mount was left behind"
-        assert hung == [], "a daemon did not exit after its unmount"
+    with mounter(tmp_path) as started:
+        yield started
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy
 import pytest
+from support.mounts import mounted
 from support.registry import RegistryServer
 
 from ocifs.errors import UsageError as OcifsUsageError
@@ -56,12 +57,6 @@ def push(registry: RegistryServer, repo: str, source: Path, *flags: str) -> str:
     ref = f"{registry.host}/{repo}"
     ocifs("push", "-q", ref, str(source), *flags, timeout=120)
     return ref
-
-
-def mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -21,9 +21,7 @@ import os
 import random
 import re
 import resource
-import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -31,12 +29,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
 from ocifs import push
@@ -51,7 +50,6 @@ NOBODY = 65534
 #: most reads, 16 is the least the daemon starts with).
 LOW_NOFILE = 24
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-READY_TIMEOUT = 30.0
 # The cache's one warning when it cannot write, and when it cannot even create its directories.
 CACHE_WARNING = re.compile(r"chunk cache .+: cannot (write|create) \((.+)\); chunks are served without caching")
 
@@ -149,98 +147,10 @@ def with_nofile(limit: int) -> Callable[[], None]:
     return set_limit
 
 
-def mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-# -- mounts ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-    cache: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(os.getxattr(self.path, "user.ocifs.stats"))
-        return data
-
-
-@dataclass
-class Mounter:
-    """Foreground mounts in subprocesses (``preexec`` runs in the child before exec), all
-    unmounted and stopped at teardown."""
-
-    tmp: Path
-    mounts: list[Mount] = field(default_factory=list)
-
-    def __call__(
-        self,
-        ref: str,
-        *flags: str,
-        cache: Path | None = None,
-        mountpoint: Path | None = None,
-        preexec: Callable[[], None] | None = None,
-    ) -> Mount:
-        n = len(self.mounts)
-        mountpoint = mountpoint or self.tmp / f"mnt-{n}"
-        mountpoint.mkdir(exist_ok=True)
-        cache = cache or self.tmp / "cache"
-        log = self.tmp / f"daemon-{n}.log"
-        address = f"ocifs-resources-{secrets.token_hex(8)}"
-        env = dict(os.environ, NOTIFY_SOCKET=f"@{address}")
-        command = [sys.executable, "-m", "ocifs", "mount", ref, str(mountpoint), "--cache-dir", str(cache),
-                   "--foreground", *flags]  # fmt: skip
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(f"\0{address}")
-            sock.settimeout(0.2)
-            with log.open("wb") as out:
-                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
-            mount = Mount(mountpoint, proc, log, cache)
-            self.mounts.append(mount)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while "READY=1" not in _receive(sock):
-                assert proc.poll() is None, f"ocifs mount exited {proc.returncode}: {mount.log_text()}"
-                assert time.monotonic() < deadline, f"no READY=1 within {READY_TIMEOUT} s: {mount.log_text()}"
-        assert mounted(mountpoint)
-        return mount
-
-    def cleanup(self) -> list[str]:
-        hung = []
-        for mount in self.mounts:
-            if mounted(mount.path):
-                subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], capture_output=True, check=False)
-            try:
-                mount.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                hung.append(mount.log_text())
-                mount.proc.kill()
-                mount.proc.wait(timeout=10)
-        return hung
-
-
-def _receive(sock: socket.socket) -> str:
-    try:
-        return sock.recv(4096).decode()
-    except TimeoutError:
-        return ""
-
-
 @pytest.fixture
 def mounts(tmp_path: Path) -> Iterator[Mounter]:
-    mounter = Mounter(tmp_path)
-    try:
-        yield mounter
-    finally:
-        hung = mounter.cleanup()
-        assert not any(mounted(m.path) for m in mounter.mounts), "a mount was left behind"
-        assert hung == [], "a daemon did not exit after its unmount"
+    with mounter(tmp_path) as started:
+        yield started
 
 
 # -- a full cache disk -------------------------------------------------------------------------
