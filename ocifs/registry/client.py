@@ -149,9 +149,11 @@ class RegistryClient:
         self.stats = ClientStats()
         self._credentials = credentials
         self._challenge: Challenge | None = None
+        # One TLS context for both data paths (a --ca-file is read once).
+        verify = _ssl_context(self.options) if transport is None else True
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            verify=_ssl_context(self.options) if transport is None else True,
+            verify=verify,
             timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout, pool=None),
             limits=httpx.Limits(
                 max_connections=self.options.max_connections,
@@ -165,7 +167,7 @@ class RegistryClient:
         # Tests hand in a transport (MockTransport, fault injection): keep every byte on it then.
         self._fast: FastBlobReader | None = None
         if transport is None:
-            self._fast = FastBlobReader(self.base_url, _ssl_context(self.options), self.options.read_timeout)
+            self._fast = FastBlobReader(self.base_url, verify, self.options.read_timeout)
 
     async def __aenter__(self) -> RegistryClient:
         return self
