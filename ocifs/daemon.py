@@ -39,6 +39,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,7 +422,9 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
             # see one line when it fails.
             log.debug("%s resolved to %s: pinned for the life of the mount", ref, pinned.digest)
         fetcher = Fetcher(client, cache, max_concurrency=config.jobs, retries=config.fetch_retries)
-        async with trio.open_nursery() as nursery:
+        # Write-behind: a read is answered as soon as its chunk is verified; the cache write
+        # follows, and unmounting waits for the writes still running.
+        async with fetcher.writing_behind(), trio.open_nursery() as nursery:
             # Installed before the mount exists, so a signal at any moment unmounts cleanly.
             await nursery.start(_watch_signals)
             # jobs x default chunk: the bytes that keep every download slot busy (prefetch.py).
@@ -565,12 +568,19 @@ def _summary(fs: FileSystem) -> str:
 # =================================================================================================
 
 
+#: ``ocifs umount`` waits this long for the daemon to finish its cache writes and exit.
+UMOUNT_WAIT = 60.0
+
+
 def run_umount(args: argparse.Namespace) -> int:
     """``ocifs umount MOUNTPOINT [-z]``: ``fusermount3 -u`` (``-z``: lazy, detach now and let
-    the daemon serve open files until the last close). The daemon exits by itself."""
+    the daemon serve open files until the last close). Without ``-z`` it then waits (up to
+    :data:`UMOUNT_WAIT`) for the daemon to exit, so the chunks it served are all in the cache
+    when the command returns (the daemon writes them behind the reads)."""
     mountpoint = os.path.abspath(args.mountpoint)
     if not _is_fuse_mount(mountpoint):
         raise UsageError(f"{mountpoint} is not a FUSE mount")
+    daemon_pid = None if args.lazy else _daemon_pid(mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount3", path=DEFAULT_PATH)
     if tool is None:
         raise UsageError("fusermount3 not found", hint="install fuse3 (apt-get install fuse3)")
@@ -581,7 +591,34 @@ def run_umount(args: argparse.Namespace) -> int:
         detail = detail.removeprefix(f"{tool}: ").removeprefix("fusermount3: ")
         hint = "a file is open there: close it, or use -z to detach lazily" if "busy" in detail else None
         raise OcifsError(f"cannot unmount {mountpoint}: {detail}", hint=hint)
+    if daemon_pid is not None:
+        _wait_for_exit(daemon_pid, UMOUNT_WAIT)
     return 0
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the ocifs daemon serving ``mountpoint`` (from its stats xattr), or None
+    (not ocifs, a dead mount, another pid namespace: then there is nothing to wait for)."""
+    try:
+        pid = json.loads(os.getxattr(mountpoint, "user.ocifs.stats")).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return None
+    return pid
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # gone
+        if state in ("Z", "X"):
+            return  # exited; its parent has yet to reap it
+        time.sleep(0.02)
+    log.info("the daemon (pid %d) is still finishing after %.0f s; not waiting longer", pid, timeout)
 
 
 def _is_fuse_mount(path: str) -> bool:

@@ -18,6 +18,14 @@ Invariants:
   afresh. If the leader is cancelled, a waiter takes over.
 - **Bounded fan-out.** At most ``max_concurrency`` requests to the source are in flight
   (a ``trio.CapacityLimiter``), whatever the number of callers; retries wait outside it.
+- **Write-behind, when enabled.** Inside :meth:`Fetcher.writing_behind`, a verified download is
+  returned at once and written to the disk cache by a background task (a chunk is served
+  about a third sooner: the write costs as much as the download here). Until its write ends
+  the chunk is served from memory (``_pending``) and its cross-process claim stays held, so a
+  peer process waits for the file rather than downloading it again. Pending bytes are
+  bounded; past the bound the leader writes inline (back-pressure). Leaving the context waits
+  for every write, shielded from cancellation: an unmount or a failed pull still leaves every
+  verified chunk on disk.
 
 All methods must be called from the one trio run that created the :class:`Fetcher`; the
 object keeps no locks because trio tasks only switch at awaits.
@@ -25,11 +33,12 @@ object keeps no locks because trio tasks only switch at awaits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +62,11 @@ MAX_RETRY_DELAY = 20.0
 #: here, so a claim held longer belongs to a peer that is stalled or retrying.
 CLAIM_POLL = 0.02
 CLAIM_WAIT = 30.0
+#: Default bound on verified chunks waiting for their disk-cache write (write-behind): enough
+#: for every download slot's chunk twice over at the default 8 jobs x 16 MiB.
+WRITE_BEHIND_BYTES = 256 * 1024 * 1024
+#: Cache writes running at once: more only adds contention on the filesystem's locks.
+WRITE_BEHIND_WORKERS = 2
 
 
 class BlobSource(Protocol):
@@ -83,6 +97,8 @@ class FetchStats:
     ``retries``: attempts after a failed one; ``integrity_failures``: downloads whose bytes did
     not match the digest (or were cut short); ``errors``: fetches that finally failed;
     ``claim_waits``: polls while another process sharing the cache downloaded a chunk we need.
+    ``written_behind``: chunks written to the disk cache by a background task
+    (:meth:`Fetcher.writing_behind`); ``pending_writes`` of them are waiting or being written.
     """
 
     downloads: int = 0
@@ -96,6 +112,8 @@ class FetchStats:
     errors: int = 0
     integrity_failures: int = 0
     claim_waits: int = 0
+    written_behind: int = 0
+    pending_writes: int = 0
 
 
 class _Flight:
@@ -144,10 +162,38 @@ class Fetcher:
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._flights: dict[Digest, _Flight] = {}
         self._stats = FetchStats()
+        # Write-behind state (see writing_behind): the nursery writes run in, the chunks
+        # verified but not yet on disk, and their total size against the bound.
+        self._writer: trio.Nursery | None = None
+        self._write_limiter = trio.CapacityLimiter(WRITE_BEHIND_WORKERS)
+        self._pending: dict[Digest, bytes] = {}
+        self._pending_bytes = 0
+        self._max_pending_bytes = 0
 
     def stats(self) -> FetchStats:
         """A copy of the counters as they are now."""
-        return dataclasses.replace(self._stats)
+        return dataclasses.replace(self._stats, pending_writes=len(self._pending))
+
+    @contextlib.asynccontextmanager
+    async def writing_behind(self, max_pending_bytes: int = WRITE_BEHIND_BYTES) -> AsyncIterator[None]:
+        """Within this context, downloads are returned before their disk-cache write ends.
+
+        The writes run in background tasks (at most :data:`WRITE_BEHIND_WORKERS` at once);
+        verified chunks waiting for theirs, at most ``max_pending_bytes`` in all, are served
+        from memory meanwhile. On exit — normal, error or cancellation — every write started is
+        finished before this returns. Not reentrant.
+        """
+        if self._writer is not None:
+            raise RuntimeError("writing_behind is already active")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._writer, self._max_pending_bytes = nursery, max_pending_bytes
+                try:
+                    yield
+                finally:
+                    self._writer = None  # new downloads write inline from here on
+        finally:
+            self._max_pending_bytes = 0
 
     async def get(self, repository: str, digest: Digest, size: int | None = None) -> bytes:
         """The verified bytes of blob ``digest`` of ``repository``: from memory, else disk (in a
@@ -158,9 +204,8 @@ class Fetcher:
         :class:`IntegrityError` if every download attempt was corrupt, or the source's error
         (e.g. :class:`RegistryUnavailable`, :class:`~ocifs.errors.NotFound`).
         """
-        data = self.cache.get_memory(digest)
+        data = self._from_memory(digest)
         if data is not None:
-            self._stats.memory_hits += 1
             return _check_size(digest, data, size)
         while True:
             flight = self._flights.get(digest)
@@ -177,32 +222,32 @@ class Fetcher:
             # The leader was cancelled, or failed for another repository (whose NotFound or
             # denial says nothing about ours): go round and load it ourselves.
 
-    async def read(self, repository: str, digest: Digest, size: int | None, start: int, end: int) -> bytes:
+    async def read(self, repository: str, digest: Digest, size: int | None, start: int, end: int) -> bytes | memoryview:
         """Bytes ``[start, end)`` of a chunk (cut short at its end, like slicing).
 
         The read path's variant of :meth:`get`: a cached chunk is served by reading just the
         range (no whole-chunk copy for a 128 KiB FUSE read); a missing one is fetched whole
-        through :meth:`get` (verified, single-flight) and sliced.
+        through :meth:`get` (verified, single-flight) and sliced. A chunk held in memory is
+        returned as a zero-copy ``memoryview`` of it (FUSE replies take any buffer).
         """
         if not 0 <= start <= end:
             raise ValueError(f"bad range [{start}, {end})")
-        data = self.cache.get_memory(digest)
+        data = self._from_memory(digest)
         if data is not None:
-            self._stats.memory_hits += 1
-            return _check_size(digest, data, size)[start:end]
+            return _view(_check_size(digest, data, size), start, end)
         if digest not in self._flights:
             read_range = functools.partial(self.cache.read_range, digest, start, end, size=size)
             piece = await trio.to_thread.run_sync(read_range)
             if piece is not None:
                 self._stats.disk_hits += 1
                 return piece
-        return (await self.get(repository, digest, size))[start:end]
+        return _view(await self.get(repository, digest, size), start, end)
 
     async def prefetch(self, repository: str, digest: Digest, size: int | None = None) -> None:
         """Make sure ``digest`` is cached, without returning it: returns at once if it is in
         memory or on disk, else fetches it as :meth:`get` would (joining a flight in progress).
         Errors propagate; the caller (a read-ahead task) decides whether they matter."""
-        if self.cache.in_memory(digest):
+        if digest in self._pending or self.cache.in_memory(digest):
             return
         if digest not in self._flights and await trio.to_thread.run_sync(self.cache.contains, digest):
             return
@@ -222,9 +267,8 @@ class Fetcher:
             raise ValueError(f"bad range [{start}, {end})")
         if start == end:
             return b""
-        whole = self.cache.get_memory(digest)
+        whole = self._from_memory(digest)
         if whole is not None:
-            self._stats.memory_hits += 1
             return whole[start:end]
         piece = await trio.to_thread.run_sync(self.cache.read_range, digest, start, end)
         if piece is not None and len(piece) == end - start:
@@ -238,6 +282,15 @@ class Fetcher:
             raise
 
     # ------------------------------------------------------------------ internals
+
+    def _from_memory(self, digest: Digest) -> bytes | None:
+        """The chunk from the memory tier or the write-behind queue, counted as a memory hit."""
+        data = self.cache.get_memory(digest)
+        if data is None:
+            data = self._pending.get(digest)
+        if data is not None:
+            self._stats.memory_hits += 1
+        return data
 
     async def _download_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
         """Download a range until it has the right length; retries short and unavailable answers."""
@@ -299,12 +352,41 @@ class Fetcher:
                     self._stats.disk_hits += 1
                     return data
             data = await self._download_verified(repository, digest, size)
+            if self._write_behind(digest, data, claim):
+                claim = None  # the background write releases it once the file is in place
+                return data
             # put() never raises for I/O trouble (it degrades to "uncached" with one warning).
             await trio.to_thread.run_sync(functools.partial(self.cache.put, digest, data, verified=True))
             return data
         finally:
             if claim is not None:
                 self.cache.release_claim(claim)
+
+    def _write_behind(self, digest: Digest, data: bytes, claim: Path | None) -> bool:
+        """Queue the cache write of verified ``data`` if write-behind is on and has room;
+        whether it did (then the queued write owns ``claim``)."""
+        writer = self._writer
+        if writer is None or digest in self._pending or self._pending_bytes + len(data) > self._max_pending_bytes:
+            return False
+        self._pending[digest] = data
+        self._pending_bytes += len(data)
+        writer.start_soon(self._write_pending, digest, data, claim)
+        return True
+
+    async def _write_pending(self, digest: Digest, data: bytes, claim: Path | None) -> None:
+        # Shielded: leaving writing_behind (an unmount, a failed pull) must still store every
+        # chunk that was verified, and release its claim.
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._write_limiter:
+                    put = functools.partial(self.cache.put, digest, data, verified=True)
+                    await trio.to_thread.run_sync(put)
+                self._stats.written_behind += 1
+            finally:
+                del self._pending[digest]
+                self._pending_bytes -= len(data)
+                if claim is not None:
+                    self.cache.release_claim(claim)
 
     async def _claim(self, digest: Digest) -> tuple[Path | None, bool]:
         """Claim ``digest``'s download in the shared cache, waiting while another process holds
@@ -375,3 +457,10 @@ def _check_size(digest: Digest, data: bytes, size: int | None) -> bytes:
     if size is not None and len(data) != size:
         raise FormatError(f"blob {digest} is {len(data)} bytes, but the index says {size}")
     return data
+
+
+def _view(data: bytes, start: int, end: int) -> bytes | memoryview:
+    """``data[start:end]`` without copying: the whole object, or a memoryview of the range."""
+    if start == 0 and end >= len(data):
+        return data
+    return memoryview(data)[start:end]

@@ -375,7 +375,7 @@ class FileSystem:
             open_file.stream.close()
         self._stats.open_files = len(self._handles)
 
-    async def read_handle(self, handle: int, offset: int, size: int) -> bytes:
+    async def read_handle(self, handle: int, offset: int, size: int) -> bytes | memoryview:
         """:meth:`read` through an open handle: lets its read-ahead stream see the read first."""
         open_file = self._handles.get(handle)
         if open_file is None:
@@ -401,9 +401,10 @@ class FileSystem:
 
     # ------------------------------------------------------------------ reads
 
-    async def read(self, inode: int, offset: int, size: int) -> bytes:
+    async def read(self, inode: int, offset: int, size: int) -> bytes | memoryview:
         """Exactly the bytes ``[offset, offset + size)`` of file ``inode``, clamped at its end
-        (``b""`` at or past the end). Raises :class:`NotFound` for an unknown inode, the
+        (``b""`` at or past the end); a ``memoryview`` when it is a range of a chunk held in
+        memory (no copy). Raises :class:`NotFound` for an unknown inode, the
         fetcher's errors (:class:`~ocifs.errors.RegistryUnavailable`,
         :class:`~ocifs.errors.IntegrityError`, ...) when a needed blob cannot be had, and
         :class:`~ocifs.errors.FormatError` when the chunk index is invalid."""
@@ -413,6 +414,7 @@ class FileSystem:
         f = node.file
         if f is None:
             raise IsADirectory(f"{self.path_of(inode)} is a directory")
+        data: bytes | memoryview
         try:
             if offset >= f.size or size == 0:
                 data = b""
@@ -462,7 +464,7 @@ class FileSystem:
                           len(parsed.chunks))  # fmt: skip
         return state.index
 
-    async def _read_chunked(self, inode: int, f: index.ChunkedFile, offset: int, size: int) -> bytes:
+    async def _read_chunked(self, inode: int, f: index.ChunkedFile, offset: int, size: int) -> bytes | memoryview:
         chunk_index = await self.chunk_index(inode)
         spans = chunk_index.spans(offset, size)
         if len(spans) == 1:
@@ -554,9 +556,11 @@ class FileSystem:
         """Every counter of the mount as one JSON-ready dict: ``fs`` (:class:`FsStats`),
         ``fetch`` (:class:`~ocifs.fetcher.FetchStats`), ``prefetch``
         (:class:`~ocifs.prefetch.PrefetchStats`, absent without a prefetcher), plus the
-        reference, the number of files and the uptime. Cheap: no I/O."""
+        reference, the number of files, the uptime and the serving process's pid (``ocifs
+        umount`` waits for it to exit). Cheap: no I/O."""
         result: dict[str, Any] = {
             "reference": self.reference,
+            "pid": os.getpid(),
             "files": len(self.artifact.files),
             "uptime_seconds": round(time.time() - self.started, 3),
             "fs": dataclasses.asdict(self._stats),

@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -217,7 +217,9 @@ class Operations(pyfuse3.Operations):
     @_errno_edge("read")
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
-            return await self.fs.read_handle(fh, off, size)
+            # pyfuse3 replies with any contiguous buffer (PyObject_GetBuffer), though its stub
+            # says bytes: a memoryview of a cached chunk goes to the kernel without a copy.
+            return cast(bytes, await self.fs.read_handle(fh, off, size))
         except NotFound as exc:
             if self.fs.handle_inode(fh) is None:
                 raise  # a stale handle: ENOENT

@@ -408,8 +408,11 @@ async def pull(
     progress = Progress(f"pull {repository}", total, sum(len(j.pieces) for j in jobs), progress_mode)
     run = _Run(fetcher, cache, repository, progress)
     try:
+        # Write-behind: each chunk goes to its output file while its cache write runs beside it;
+        # leaving the block waits for those writes (so a failed pull resumes from the cache).
         with progress:
-            await _transfer(run, target, jobs, options.jobs)
+            async with fetcher.writing_behind():
+                await _transfer(run, target, jobs, options.jobs)
     finally:
         # Synchronous on purpose: it must run even when the caller's scope is cancelled.
         _discard_unfinished(run.open_jobs)

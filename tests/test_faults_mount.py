@@ -304,6 +304,7 @@ def test_a_daemon_killed_mid_read_is_unmounted_leaves_a_good_cache_and_a_new_mou
     proxy.clear()
     second = mounts(artifact.via(proxy), cache=cache)
     assert (second.path / "a.bin").read_bytes() == artifact.contents["a.bin"]
+    second.wait_for_cache_writes()
     wanted = set(artifact.chunks["a.bin"])
     assert wanted <= set(assert_cache_consistent(cache))
     # The new mount downloaded only the chunks the killed one had not cached (the chunk index,

@@ -7,6 +7,7 @@ Time is trio's autojump clock: retry backoffs and slow "downloads" take no real 
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -365,3 +366,76 @@ async def test_two_processes_sharing_a_cache_download_a_chunk_once(tmp_path: Pat
 
 async def _append(results: list[bytes], pending: Awaitable[bytes]) -> None:
     results.append(await pending)
+
+
+class GatedCache(ChunkCache):
+    """A cache whose disk writes wait (in their worker thread) until ``release`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+        self.writes_started = threading.Event()
+
+    def put(self, digest: Digest, data: bytes, *, verified: bool = False) -> bool:
+        self.writes_started.set()
+        self.release.wait(timeout=30)
+        return super().put(digest, data, verified=verified)
+
+
+async def test_write_behind_serves_before_the_disk_write_and_finishes_it_on_exit(tmp_path: Path) -> None:
+    digest, data = blob(31, 64 * 1024)
+    source = FakeSource((digest, data))
+    cache = GatedCache(tmp_path / "cache")
+    cache.memory_bytes = 0  # nothing from the memory tier: served from the pending queue
+    fetcher = Fetcher(source, cache)
+    async with fetcher.writing_behind():
+        assert await fetcher.get(REPO, digest, len(data)) == data  # returns while the write waits
+        await trio.to_thread.run_sync(cache.writes_started.wait, 10)
+        assert fetcher.stats().pending_writes == 1
+        assert not cache.path_for(digest).exists()
+        # Asked again while the write is pending: served from memory, not downloaded again.
+        assert await fetcher.read(REPO, digest, len(data), 10, 20) == data[10:20]
+        await fetcher.prefetch(REPO, digest, len(data))
+        assert source.calls[digest] == 1
+        cache.release.set()
+    # Leaving the context waited for the write.
+    assert cache.path_for(digest).read_bytes() == data
+    stats = fetcher.stats()
+    assert (stats.written_behind, stats.pending_writes, stats.downloads) == (1, 0, 1)
+
+
+async def test_write_behind_finishes_writes_when_cancelled(tmp_path: Path) -> None:
+    digest, data = blob(32, 64 * 1024)
+    cache = GatedCache(tmp_path / "cache")
+    fetcher = Fetcher(FakeSource((digest, data)), cache)
+    with trio.move_on_after(5) as scope:
+        async with fetcher.writing_behind():
+            await fetcher.get(REPO, digest, len(data))
+            cache.release.set()
+            scope.cancel()  # e.g. the unmount cancels everything
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert cache.path_for(digest).read_bytes() == data
+    assert cache.try_claim(digest) is not None  # the claim was released with the write
+
+
+async def test_write_behind_is_bounded_and_writes_inline_past_the_bound(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    blobs = [blob(40 + i, 1000) for i in range(5)]
+    cache = ChunkCache(tmp_path / "cache")
+    fetcher = Fetcher(FakeSource(*blobs), cache)
+    async with fetcher.writing_behind(max_pending_bytes=2500):
+        for digest, data in blobs:  # no await between them lets the queued writes run
+            assert await fetcher.get(REPO, digest, len(data)) == data
+            assert fetcher.stats().pending_writes <= 2
+    assert all(cache.path_for(d).read_bytes() == data for d, data in blobs)
+    assert fetcher.stats().written_behind >= 2
+
+
+async def test_without_write_behind_the_chunk_is_on_disk_when_get_returns(cache: ChunkCache) -> None:
+    digest, data = blob(33)
+    fetcher = Fetcher(FakeSource((digest, data)), cache)
+    await fetcher.get(REPO, digest, len(data))
+    assert cache.path_for(digest).read_bytes() == data
+    assert fetcher.stats().written_behind == 0

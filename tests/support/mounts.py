@@ -44,6 +44,14 @@ class Mount:
         data: dict[str, Any] = json.loads(os.getxattr(self.path, "user.ocifs.stats"))
         return data
 
+    def wait_for_cache_writes(self, timeout: float = 10.0) -> None:
+        """Wait until the daemon's write-behind queue is empty: every chunk it has served is
+        then in the disk cache (reads are answered before their cache write ends)."""
+        deadline = time.monotonic() + timeout
+        while self.stats()["fetch"]["pending_writes"]:
+            assert time.monotonic() < deadline, f"cache writes still pending after {timeout} s"
+            time.sleep(0.01)
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
