@@ -16,6 +16,10 @@ once with ``ocifs push`` defaults, 16 MiB chunks). For each size, interleaved pe
   with ``--prefetch whole``;
 - **pull then read**: ``ocifs pull`` with a fresh cache, then ``dd`` of the pulled file;
 - **local file**: ``dd`` of the test file itself, evicted from the page cache, then cached;
+- **FUSE ceiling**: ``dd`` of the same file, read once beforehand so it is in the page cache,
+  through ``bench/passthrough_fs.py`` (a minimal read-only pyfuse3 filesystem on trio, one
+  ``os.pread`` per read request, ocifs's mount options and kernel tuning): what any Python FUSE
+  filesystem can do on this machine (``--no-passthrough`` skips it);
 - **rclone mount** (the peer FUSE client) of the same file served over loopback HTTP by a small
   static server (Python, ``sendfile``, Range support), ``--vfs-cache-mode off`` and ``full``
   (rclone's own defaults otherwise), plus curl from that server;
@@ -86,6 +90,7 @@ from pull_bench import (
 
 SUITE = "mount"
 PY = [sys.executable, "-m", "ocifs"]
+PASSTHROUGH = Path(__file__).resolve().parent / "passthrough_fs.py"
 
 TARGET_COLD_VS_CURL = 0.70
 TARGET_MOUNT_VS_PULL_READ = 1.10  # mount read time ≤ 1.1 × (pull + read) time
@@ -96,6 +101,11 @@ TARGET_WARM_VS_LOCAL = 0.50
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("mount suite")
     g.add_argument("--no-rclone", action="store_true", help="skip the rclone mount comparison")
+    g.add_argument(
+        "--no-passthrough",
+        action="store_true",
+        help="skip the FUSE ceiling (bench/passthrough_fs.py: a minimal pyfuse3 passthrough of the page-cached file)",
+    )
     g.add_argument(
         "--mount-profile",
         action="store_true",
@@ -219,6 +229,50 @@ def rclone_mounted(url: str, name: str, work: Path, mode: str, cache_parent: str
         with contextlib.suppress(OSError):
             mountpoint.rmdir()
         remove(cache)
+
+
+@contextlib.contextmanager
+def passthrough_mounted(source: Path, work: Path) -> Iterator[Mounted]:
+    """``bench/passthrough_fs.py`` (foreground, started here: its pid is known) serving ``source``,
+    hard-linked alone into a fresh directory; stopped with SIGTERM (it unmounts and exits 0)."""
+    source_dir = fresh_dir(work, "passthrough-src")
+    mountpoint = fresh_dir(work, "passthrough-mnt")
+    proc = None
+    try:
+        os.link(source, source_dir / source.name)
+        argv = [sys.executable, str(PASSTHROUGH), str(source_dir), str(mountpoint)]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"passthrough_fs.py did not start (exit {proc.poll()}, said {line!r})")
+        result = ProcResult(argv, 0, time.monotonic() - started, 0, 0.0, line, "")
+        yield Mounted(proc.pid, mountpoint, mountpoint / source.name, result)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if mounted(mountpoint):
+            unmount(mountpoint, None)
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
+        remove(source_dir)
+
+
+def resident_bytes(path: Path) -> int | None:
+    """Bytes of ``path`` in the page cache (fincore), None if it cannot tell."""
+    proc = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True, check=False)
+    try:
+        return int(proc.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 _STATIC_SERVER = r"""
@@ -507,6 +561,28 @@ class Bench:
         res = dd(path)
         self.record("local file", "page cache", res.seconds, cpu=res.cpu_seconds, load=load)
 
+    def passthrough(self) -> None:
+        """The FUSE ceiling: the page-cached test file through a minimal pyfuse3 passthrough."""
+        path = self.art.data.path
+        subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
+        with passthrough_mounted(path, self.ctx.work_dir) as m:
+            load = self.before()
+            resident = resident_bytes(path)
+            cpu = m.cpu()
+            res = dd(m.file)
+            daemon_cpu = m.cpu() - cpu
+            self.record(
+                "pyfuse3 passthrough",
+                "local file in page cache (FUSE ceiling)",
+                res.seconds,
+                rss_kib=m.hwm_kib(),
+                cpu=daemon_cpu + res.cpu_seconds,
+                load=load,
+                mount_seconds=round(m.mount.seconds, 3),
+                daemon_cpu_seconds=round(daemon_cpu, 3),
+                source_resident_bytes=resident,
+            )
+
     def rclone(self) -> None:
         assert self.static_url is not None and self.static_pid is not None
         load = self.before()
@@ -730,6 +806,7 @@ def run(ctx: Any) -> dict[str, Any]:
                     bench.cold_whole,
                     bench.pull_then_read,
                     bench.local,
+                    *([] if ctx.no_passthrough else [bench.passthrough]),
                     *([] if ctx.no_rclone else [bench.rclone]),
                     bench.ttfb,
                     lambda b=bench: b.safetensors("auto"),
@@ -813,6 +890,7 @@ THROUGHPUT_ROWS = [
     ("ocifs mount", "warm: remount, cache evicted (disk)"),
     ("local file", "evicted from page cache (disk)"),
     ("ocifs mount", "warm: remount, cache in page cache"),
+    ("pyfuse3 passthrough", "local file in page cache (FUSE ceiling)"),
     ("local file", "page cache"),
     ("ocifs mount", "page-cache re-read (same mount)"),
 ]
@@ -937,6 +1015,14 @@ def render(summaries: list[Summary], measurements: list[Measurement]) -> dict[st
                 "memory speed",
                 None,
             )
+        ceiling = f("pyfuse3 passthrough", "local file in page cache (FUSE ceiling)")
+        cold = f("ocifs mount", "cold, prefetch auto")
+        if cold and ceiling:
+            v = cold.mib_per_second / ceiling.mib_per_second
+            _ratio(ratios, size, "mount cold, prefetch auto / FUSE ceiling", v, "", None)
+        if ceiling and curl:
+            v = ceiling.mib_per_second / curl.mib_per_second
+            _ratio(ratios, size, "FUSE ceiling / curl GET", v, "", None)
         cold, rc = f("ocifs mount", "cold, prefetch auto"), f("rclone mount", "cold, --vfs-cache-mode off")
         if cold and rc:
             _ratio(
