@@ -50,6 +50,21 @@ class FormatError(OcifsError):
     """A manifest or chunk index violates docs/spec.md (hostile or broken artifact)."""
 
 
+class BlobSizeMismatch(FormatError):
+    """A registry serves a blob whose size is not the one its descriptor gives, in a complete
+    answer: the artifact (or the registry, or a proxy in front of it) is inconsistent.
+
+    Permanent, unlike a body cut short by the network: the registry client does not retry it,
+    and the fetcher, which retries only :class:`RegistryUnavailable` and corrupt bytes, passes
+    it straight on. ``expected`` is the descriptor's size; ``served`` what the registry sends.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, expected: int = 0, served: int = 0) -> None:
+        super().__init__(message, hint=hint)
+        self.expected = expected
+        self.served = served
+
+
 class IntegrityError(OcifsError):
     """Bytes did not match the digest that names them. Never served, never cached."""
 

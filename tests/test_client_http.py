@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 
 from ocifs.digest import Digest
-from ocifs.errors import AuthenticationError, IntegrityError, NotFound, RegistryError, RegistryUnavailable
+from ocifs.errors import (
+    AuthenticationError,
+    BlobSizeMismatch,
+    FormatError,
+    IntegrityError,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
 from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy, parse_retry_after
@@ -100,16 +108,95 @@ async def test_connection_errors_are_retried() -> None:
     assert len(calls) == 3
 
 
+class _CutShort(httpx.AsyncByteStream):
+    """A body that ends before its Content-Length, as h11 reports a connection closed mid-body."""
+
+    def __init__(self, data: bytes, announced: int) -> None:
+        self.data, self.announced = data, announced
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body: "
+            f"received {len(self.data)} bytes, expected {self.announced}"
+        )
+
+
 async def test_truncated_body_is_retried() -> None:
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
-        return httpx.Response(200, content=BLOB[:500] if len(calls) == 1 else BLOB)
+        if len(calls) == 1:  # Content-Length 1000, the connection lost after 500 bytes
+            return httpx.Response(200, headers={"Content-Length": "1000"}, stream=_CutShort(BLOB[:500], 1000))
+        return httpx.Response(200, content=BLOB)
 
     async with client_for(handler) as client:
         assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "served"), [(BLOB[:900], 900), (BLOB + b"extra" * 20, 1100)], ids=["shorter", "longer"]
+)
+async def test_a_complete_body_of_another_length_fails_at_once(body: bytes, served: int) -> None:
+    """G2: a complete answer of another size than the descriptor's is a broken artifact, not
+    the network: one request, a FormatError the fetcher does not retry either, both sizes."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, content=body)
+
+    async with client_for(handler) as client:
+        with pytest.raises(BlobSizeMismatch) as info:
+            await client.get_blob("models/x", DIGEST, len(BLOB))
+        assert client.stats.retries == 0
+    assert len(calls) == 1
+    assert isinstance(info.value, FormatError) and not isinstance(info.value, RegistryError)
+    assert (info.value.expected, info.value.served) == (len(BLOB), served)
+    text = str(info.value)
+    assert f"registry.test/models/x: blob {DIGEST} is {served} bytes in the registry but 1000 in the manifest" in text
+    assert "push it again" in text and "network" not in text and "\n" not in text
+
+
+async def test_a_body_announcing_far_more_than_the_descriptor_is_not_read() -> None:
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            raise AssertionError("a body 10^12 bytes long for a 1000-byte blob must not be read")
+            yield b""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Length": str(10**12)}, stream=Endless())
+
+    async with client_for(handler) as client:
+        with pytest.raises(BlobSizeMismatch, match=f"is {10**12} bytes in the registry but 1000 in the manifest"):
+            await client.get_blob("r", DIGEST, len(BLOB))
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "message"),
+    [
+        # What distribution answers when the range runs past the end: 206, clipped.
+        (206, {"Content-Range": "bytes 100-899/900"}, BLOB[100:900], "is 900 bytes in the registry but at least 1000"),
+        (416, {"Content-Range": "bytes */900"}, b"", "is at most 100 bytes in the registry but at least 1000"),
+        (200, {}, BLOB[:900], "is 900 bytes in the registry but at least 1000"),  # Range ignored
+    ],
+    ids=["206-clipped", "416", "200-whole-blob"],
+)
+async def test_a_range_past_the_end_of_the_blob_fails_at_once(
+    status: int, headers: dict[str, str], body: bytes, message: str
+) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(status, headers=headers, content=body)
+
+    async with client_for(handler) as client:
+        with pytest.raises(BlobSizeMismatch, match=message):
+            await client.get_blob_range("r", DIGEST, 100, 1000)
+    assert len(calls) == 1
 
 
 async def test_range_answered_with_200_is_sliced() -> None:

@@ -43,7 +43,7 @@ from support.registry import RegistryFactory, RegistryServer
 
 from ocifs.chunk_cache import ChunkCache
 from ocifs.digest import Digest
-from ocifs.errors import IntegrityError, RegistryUnavailable
+from ocifs.errors import BlobSizeMismatch, IntegrityError, RegistryUnavailable
 from ocifs.fetcher import Fetcher
 from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
@@ -91,8 +91,9 @@ RESPONSE_FAULTS: dict[str, tuple[Fault, str]] = {
     "reset-after-head": (Reset(after=0), "connection broken"),
     "reset-mid-body": (Reset(after=100_000), "connection broken"),
     "truncated": (Truncate(after=100_000), "connection broken"),
+    # Content-Length 1000 over the body, which then ends: cut short, a network fault. (1000
+    # under it is a complete body of the wrong size, a broken artifact: see the G2 tests below.)
     "length-too-long": (WrongLength(+1000), "connection broken"),
-    "length-too-short": (WrongLength(-1000), "body ended after"),
     "500": (Status(500), "HTTP 500|UNAVAILABLE"),
     "502": (Status(502), "UNAVAILABLE"),
     "503": (Status(503), "UNAVAILABLE"),
@@ -338,6 +339,143 @@ async def test_flipped_manifest_fetched_by_digest_is_refused(registry: RegistryS
     async with client_via(proxy) as client:
         with pytest.raises(IntegrityError, match="does not match its digest"):
             await client.get_manifest(REPO, str(manifest_digest))
+
+
+# -- a blob of another size than its descriptor says (G2) -------------------------------------
+
+#: name: (blob size, the size the caller's descriptor gives minus the blob's, proxy fault). 512 KiB
+#: bodies go through the threaded fast path (blobio.py), 100 KB ones through httpx.
+RESIZED: dict[str, tuple[int, int, Fault | None]] = {
+    "descriptor-larger-fast": (BLOB_SIZE, 1000, None),
+    "descriptor-smaller-fast": (BLOB_SIZE, -1000, None),
+    "descriptor-larger-httpx": (100_000, 1000, None),
+    "descriptor-smaller-httpx": (100_000, -1000, None),
+    "content-length-short-fast": (BLOB_SIZE, 0, WrongLength(-1000)),
+    "content-length-short-httpx": (100_000, 0, WrongLength(-1000)),
+}
+
+
+@pytest.mark.parametrize("name", list(RESIZED))
+async def test_a_complete_body_of_another_size_fails_at_once_and_the_fetcher_does_not_retry_it(
+    registry: RegistryServer, proxy: FaultProxy, tmp_path: Path, name: str
+) -> None:
+    """A complete answer whose length is not the descriptor's size is a broken artifact (or a
+    registry or proxy that lies about lengths), whichever side is wrong: one request, no retry
+    by the client nor by the fetcher, one line with both sizes; nothing cached."""
+    size, delta, fault = RESIZED[name]
+    digest, _ = await store_blob(registry, size=size)
+    expected = size + delta
+    served = size - 1000 if fault is not None else size
+    if fault is not None:
+        proxy.add(fault, method="GET", path=BLOB_PATH, times=None)
+    started = time.monotonic()
+    async with client_via(proxy) as client:
+        with pytest.raises(BlobSizeMismatch) as info:
+            await client.get_blob(REPO, digest, expected)
+        assert client.stats.retries == 0
+        cache = ChunkCache(tmp_path / "cache")
+        fetcher = Fetcher(client, cache, retries=3, retry_base_delay=0.01)
+        with pytest.raises(BlobSizeMismatch):
+            await fetcher.get(REPO, digest, expected)
+    assert fetcher.stats().downloads == 1 and fetcher.stats().retries == 0
+    assert proxy.count("GET", BLOB_PATH) == 2  # one per call
+    assert time.monotonic() - started < 2
+    text = str(info.value)
+    assert (
+        f"{proxy.host}/{REPO}: blob {digest} is {served} bytes in the registry but {expected} in the manifest" in text
+    )
+    assert "push it again" in text and "network" not in text and "\n" not in text
+    assert not cache.contains(digest) and cache_files(tmp_path / "cache") == []
+
+
+async def test_a_body_cut_short_of_a_wrong_content_length_is_still_a_network_fault(
+    registry: RegistryServer, proxy: FaultProxy
+) -> None:
+    """The other side of the line: Content-Length says more than the body, which then breaks
+    off. Retried (here to success), whatever the descriptor says."""
+    digest, data = await store_blob(registry)
+    proxy.add(WrongLength(+1000), method="GET", path=BLOB_PATH, times=2)
+    async with client_via(proxy) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data
+        assert client.stats.retries == 2
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (BLOB_SIZE - 100, BLOB_SIZE + 900, rf"is {BLOB_SIZE} bytes in the registry but at least {BLOB_SIZE + 900}"),
+        (0, BLOB_SIZE + 1000, rf"is {BLOB_SIZE} bytes in the registry but at least {BLOB_SIZE + 1000}"),
+        (BLOB_SIZE + 10, BLOB_SIZE + 20, rf"is at most {BLOB_SIZE + 10} bytes in the registry"),
+        (BLOB_SIZE, 2 * BLOB_SIZE, rf"is at most {BLOB_SIZE} bytes in the registry but at least {2 * BLOB_SIZE}"),
+    ],
+    ids=["206-clipped-httpx", "206-clipped-fast", "416-httpx", "416-fast"],
+)
+async def test_a_range_past_the_end_of_the_blob_fails_at_once(
+    registry: RegistryServer, proxy: FaultProxy, start: int, end: int, message: str
+) -> None:
+    """Pieces of a large plain layer are fetched by range: a blob shorter than its descriptor
+    shows as a range distribution clips (206) or cannot satisfy (416), in one request."""
+    digest, _ = await store_blob(registry)
+    async with client_via(proxy) as client:
+        with pytest.raises(BlobSizeMismatch, match=message):
+            await client.get_blob_range(REPO, digest, start, end)
+        assert client.stats.retries == 0
+    assert proxy.count("GET", BLOB_PATH) == 1
+
+
+class _BlobServer(http.server.BaseHTTPRequestHandler):
+    """Serves BODY for every blob GET: chunked (repository ``r/chunked``; ``r/chunked-short``:
+    1000 bytes short), or announcing 1000 bytes more than it sends, then closing (``r/cut``)."""
+
+    protocol_version = "HTTP/1.1"
+    BODY = random_bytes(BLOB_SIZE, 9)
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path.startswith("/v2/r/cut/"):
+            self.send_header("Content-Length", str(len(self.BODY) + 1000))
+            self.end_headers()
+            self.wfile.write(self.BODY)
+            self.close_connection = True
+            return
+        body = self.BODY[:-1000] if self.path.startswith("/v2/r/chunked-short/") else self.BODY
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(body), 100_000):
+            piece = body[start : start + 100_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_fast_path_reads_chunked_bodies_and_tells_a_cut_body_from_a_wrong_size() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BlobServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    body = _BlobServer.BODY
+    digest = Digest.of_bytes(body)
+    try:
+        async with client_via_host(f"127.0.0.1:{server.server_address[1]}") as client:
+            # A chunked body (no Content-Length) of the right length is a body like any other.
+            assert await client.get_blob("r/chunked", digest, len(body)) == body
+            assert client.stats.fast_gets == 1 and client.stats.retries == 0
+            # Complete but 1000 bytes short: the artifact's fault, at once.
+            with pytest.raises(BlobSizeMismatch, match=f"is {len(body) - 1000} bytes in the registry"):
+                await client.get_blob("r/chunked-short", digest, len(body))
+            assert client.stats.retries == 0
+            # Cut short of its Content-Length: the network's, retried every attempt.
+            with pytest.raises(RegistryUnavailable, match=rf"body ended after {len(body)} of {len(body) + 1000}"):
+                await client.get_blob("r/cut", digest, len(body))
+            assert client.stats.retries == ATTEMPTS - 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def client_via_host(host: str) -> RegistryClient:
+    return RegistryClient(host, options=ClientOptions(retry=FAST, read_timeout=2.0))
 
 
 # -- 429 and Retry-After ------------------------------------------------------------------------

@@ -33,7 +33,38 @@ _EXCERPT = 64 * 1024
 
 
 class BodyLengthError(Exception):
-    """A success answer whose body length is not the blob's (retried like a broken connection)."""
+    """A success answer whose body was cut short of its announced length (retried like a broken
+    connection)."""
+
+
+class SizeMismatch(Exception):
+    """A *complete* success answer whose body is not the length asked for: the registry serves
+    another size than the descriptor gives, which no retry changes.
+
+    ``served`` is the body's length (a lower bound when ``more``: the body was not read to its
+    end, see :func:`read_other_length`); ``total`` the blob's size from a 206's
+    ``Content-Range``, when it says.
+    """
+
+    def __init__(self, served: int, expected: int, *, more: bool = False, total: int | None = None) -> None:
+        super().__init__(f"body of {'more than ' if more else ''}{served} bytes where {expected} were expected")
+        self.served = served
+        self.expected = expected
+        self.more = more
+        self.total = total
+
+
+def excess_read_limit(expected: int) -> int:
+    """How much more than ``expected`` bytes a body of the wrong length is read to see whether it
+    is complete (a wrong size) or cut (a broken connection): as much again, at least 1 MiB.
+    Beyond that, an announced length is taken at its word and the body is not read."""
+    return max(expected, 1 << 20)
+
+
+def content_range_total(value: str | None) -> int | None:
+    """The complete length in ``Content-Range: bytes A-B/TOTAL`` (or ``*/TOTAL``), if given."""
+    total = (value or "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +141,18 @@ class FastBlobReader:
                 self._release(origin, conn, response)
                 return FastResponse(response.status, found), found["location"]
             if response.status == (206 if partial else 200):
-                if length is None or int(length) != expected:
+                if length is not None and length.isdigit() and int(length) == expected:
+                    data = response.read()  # a Content-Length body: one allocation, filled in place
+                    self._release(origin, conn, response)
+                    return FastResponse(response.status, found, data=data), None
+                # Another length, or none (chunked): read it to tell a complete body of another
+                # size (permanent) from one cut short (the network; retried).
+                total = content_range_total(found.get("content-range")) if partial else None
+                try:
+                    other, error = _read_other_length(response, expected, length, total)
+                finally:
                     conn.close()
-                    announced = f"{length} bytes" if length is not None else "no length"
-                    error = BodyLengthError(f"body ended after {announced} of {expected} bytes")
-                    if length is not None and int(length) > expected:
-                        error = BodyLengthError(f"body longer than {expected} bytes")
-                    return FastResponse(response.status, found, error=error), None
-                data = response.read()  # a Content-Length body: one allocation, filled in place
-                self._release(origin, conn, response)
-                return FastResponse(response.status, found, data=data), None
+                return FastResponse(response.status, found, data=other, error=error), None
             body = response.read(_EXCERPT) if response.status >= 400 else b""
             conn.close()
             return FastResponse(response.status, found, body=body), None
@@ -158,6 +191,35 @@ class FastBlobReader:
                 pool.append(conn)
                 return
         conn.close()
+
+
+def _read_other_length(
+    response: http.client.HTTPResponse, expected: int, length: str | None, total: int | None
+) -> tuple[bytes | None, BaseException | None]:
+    """Read a body whose ``Content-Length`` is not ``expected`` (or that has none), within
+    :func:`excess_read_limit`: the bytes if it turns out to be ``expected`` long after all (a
+    chunked body), :class:`SizeMismatch` if it is complete, :class:`BodyLengthError` if it was
+    cut short (http.client's reads in pieces return ``b""`` there rather than raise)."""
+    announced = int(length) if length is not None and length.isdigit() else None
+    limit = expected + excess_read_limit(expected)
+    if announced is not None and announced > limit:
+        return None, SizeMismatch(announced, expected, total=total)  # not worth reading to its end
+    kept = bytearray()
+    seen = 0
+    while seen <= limit:
+        piece = response.read(min(1 << 20, limit + 1 - seen))
+        if not piece:
+            break
+        if seen < expected:
+            kept += piece[: expected - seen]
+        seen += len(piece)
+    if announced is not None and seen < announced:
+        return None, BodyLengthError(f"body ended after {seen} of {announced} bytes")
+    if seen > limit:
+        return None, SizeMismatch(limit, expected, more=True, total=total)
+    if seen == expected:
+        return bytes(kept), None
+    return None, SizeMismatch(seen, expected, total=total)
 
 
 def _origin_of(scheme: str, host: str, port: int | None) -> Origin:

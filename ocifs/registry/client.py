@@ -9,7 +9,8 @@ failure into an :mod:`ocifs.errors` exception naming registry, repository and wh
 Contracts:
 - Blob bodies returned by :meth:`get_blob` have exactly the expected length; digest checks are
   the caller's job (the fetcher does them in threads) except for manifests fetched by digest,
-  which are verified here.
+  which are verified here. A body cut short is a network fault (retried); a *complete* body of
+  another length than the descriptor's is a broken artifact: :class:`BlobSizeMismatch` at once.
 - ``Authorization`` is never sent to a redirect target on another host (httpx strips it when
   the origin changes; tests hold it to that).
 - No secret (password, token, Authorization header) ever appears in a log line or error.
@@ -35,6 +36,7 @@ from ocifs import __version__
 from ocifs.digest import Digest
 from ocifs.errors import (
     AuthenticationError,
+    BlobSizeMismatch,
     IntegrityError,
     NotFound,
     OcifsError,
@@ -45,7 +47,14 @@ from ocifs.errors import (
 )
 from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
-from ocifs.registry.blobio import BodyLengthError, FastBlobReader, FastResponse
+from ocifs.registry.blobio import (
+    BodyLengthError,
+    FastBlobReader,
+    FastResponse,
+    SizeMismatch,
+    content_range_total,
+    excess_read_limit,
+)
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
 
@@ -288,7 +297,8 @@ class RegistryClient:
         return int(length) if length and length.isdigit() else 0
 
     async def get_blob(self, repository: str, digest: Digest, size: int | None = None) -> bytes:
-        """The whole blob. With ``size`` the body must have exactly that length (else retried).
+        """The whole blob. With ``size`` the body must have exactly that length: one cut short is
+        retried; a complete one of another length raises :class:`BlobSizeMismatch` at once.
 
         The digest is not checked here: the caller hashes (in a thread) before trusting bytes.
         """
@@ -296,19 +306,33 @@ class RegistryClient:
         path = f"/v2/{repository}/blobs/{digest}"
 
         async def read(response: httpx.Response) -> bytes:
-            return await _read_exact(response, size, f"blob {digest.short}")
+            return await _read_exact(response, size)
 
-        data: bytes = await self._exchange(
-            "GET",
-            path,
-            repository=repository,
-            actions="pull",
-            consume=read,
-            what=f"blob {digest.short}",
-            fast=self._fast_sender(path, size, {}) if size is not None else None,
-        )
+        try:
+            data: bytes = await self._exchange(
+                "GET",
+                path,
+                repository=repository,
+                actions="pull",
+                consume=read,
+                what=f"blob {digest.short}",
+                fast=self._fast_sender(path, size, {}) if size is not None else None,
+            )
+        except SizeMismatch as exc:
+            served = f"{'more than ' if exc.more else ''}{exc.served}"
+            raise self._size_mismatch(
+                repository, f"blob {digest} is {served} bytes in the registry but {exc.expected} in the manifest", exc
+            ) from None
         self.stats.blob_bytes += len(data)
         return data
+
+    def _size_mismatch(self, repository: str, text: str, exc: SizeMismatch | None) -> BlobSizeMismatch:
+        return BlobSizeMismatch(
+            f"{self.registry}/{repository}: {text}",
+            hint="the artifact is broken (or a proxy in front of the registry alters lengths); push it again",
+            expected=exc.expected if exc else 0,
+            served=exc.served if exc else 0,
+        )
 
     def _fast_sender(
         self, path: str, size: int, headers: Mapping[str, str]
@@ -342,26 +366,41 @@ class RegistryClient:
 
         async def read(response: httpx.Response) -> bytes:
             if response.status_code == 206:
-                return await _read_exact(response, end - start, f"blob {digest.short} range")
-            prefix = await _read_prefix(response, end)
-            if len(prefix) < end:
-                raise RegistryError(
-                    f"{self.registry}/{repository}: blob {digest.short} is shorter than {end} bytes",
-                    status=response.status_code,
+                return await _read_exact(
+                    response, end - start, content_range_total(response.headers.get("content-range"))
                 )
+            prefix = await _read_prefix(response, end)
+            if len(prefix) < end:  # the whole blob, complete (a cut body raised in the read)
+                raise SizeMismatch(len(prefix), end, total=len(prefix))
             return prefix[start:end]
 
-        data: bytes = await self._exchange(
-            "GET",
-            path,
-            repository=repository,
-            actions="pull",
-            headers=range_header,
-            expected=(200, 206),
-            consume=read,
-            what=f"blob {digest.short}",
-            fast=self._fast_sender(path, end - start, range_header),
-        )
+        try:
+            data: bytes = await self._exchange(
+                "GET",
+                path,
+                repository=repository,
+                actions="pull",
+                headers=range_header,
+                expected=(200, 206),
+                consume=read,
+                what=f"blob {digest.short}",
+                fast=self._fast_sender(path, end - start, range_header),
+            )
+        except SizeMismatch as exc:
+            if exc.total is not None and exc.total < end:
+                text = f"blob {digest} is {exc.total} bytes in the registry but at least {end} in the manifest"
+            else:
+                served = f"{'more than ' if exc.more else ''}{exc.served}"
+                text = f"blob {digest}: bytes {start}..{end} asked for, {served} bytes served"
+            raise self._size_mismatch(repository, text, exc) from None
+        except RegistryError as exc:
+            if exc.status != 416:  # Range Not Satisfiable: the blob ends before ``start``
+                raise
+            raise self._size_mismatch(
+                repository,
+                f"blob {digest} is at most {start} bytes in the registry but at least {end} in the manifest",
+                None,
+            ) from None
         self.stats.blob_bytes += len(data)
         return data
 
@@ -552,8 +591,10 @@ class RegistryClient:
         """Send a request with auth and retries, and hand the response to ``consume``.
 
         ``consume`` reads the body inside the retry loop, so a connection lost mid-body is
-        retried like a refused connection. Returns what ``consume`` returns (with the response
-        too if ``with_response``). Non-expected statuses become :mod:`ocifs.errors` exceptions.
+        retried like a refused connection; a :class:`SizeMismatch` (a complete body of the wrong
+        length) is not retried and reaches the caller, which names the blob. Returns what
+        ``consume`` returns (with the response too if ``with_response``). Non-expected statuses
+        become :mod:`ocifs.errors` exceptions.
 
         ``fast`` (blob GETs only) makes each attempt a threaded :class:`FastBlobReader` GET
         under the same retry policy and error messages; an attempt answered by an auth
@@ -578,6 +619,8 @@ class RegistryClient:
                 if outcome.data is not None:
                     return outcome.data
                 failure = outcome.error
+                if isinstance(failure, SizeMismatch):
+                    raise failure  # a complete answer of another size: no retry changes it
                 if failure is not None:
                     if attempt >= policy.attempts:
                         raise RegistryUnavailable(
@@ -628,7 +671,7 @@ class RegistryClient:
                         )
                         self.stats.retries += 1
                     else:
-                        body = await _read_prefix(response, 64 * 1024)
+                        body = await _read_error_body(response)
                         raise self._error_for(status, body, response.headers, repository, what)
                 finally:
                     await response.aclose()
@@ -755,22 +798,51 @@ async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes
     return bytes(buf)
 
 
-async def _read_exact(response: httpx.Response, size: int | None, what: str) -> bytes:
-    """Read the whole body into one preallocated buffer; a short or long body is retryable."""
+async def _read_exact(response: httpx.Response, size: int | None, total: int | None = None) -> bytes:
+    """Read the whole body into one preallocated buffer.
+
+    A body cut short of its ``Content-Length`` raises httpx's own error (retried). A complete
+    body of another length than ``size`` raises :class:`SizeMismatch` (not retried); a longer
+    one is read on for at most :func:`excess_read_limit` bytes to see that it is complete, and
+    one that announces more than that is not read at all. ``total``: the blob's size from a
+    206's ``Content-Range``, for the message.
+    """
     if size is None:
         return await response.aread()
+    limit = size + excess_read_limit(size)
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise SizeMismatch(int(length), size, total=total)
     buf = bytearray(size)
     view = memoryview(buf)
-    filled = 0
+    seen = 0
     async for piece in response.aiter_bytes():
-        end = filled + len(piece)
-        if end > size:
-            raise httpx.RemoteProtocolError(f"{what}: body longer than {size} bytes")
-        view[filled:end] = piece
-        filled = end
-    if filled != size:
-        raise httpx.RemoteProtocolError(f"{what}: body ended after {filled} of {size} bytes")
+        end = seen + len(piece)
+        if end <= size:
+            view[seen:end] = piece
+        elif seen < size:
+            view[seen:size] = piece[: size - seen]
+        seen = end
+        if seen > limit:
+            raise SizeMismatch(limit, size, more=True, total=total)
+    if seen != size:
+        raise SizeMismatch(seen, size, total=total)
     return bytes(buf)
+
+
+async def _read_error_body(response: httpx.Response) -> bytes:
+    """Up to 64 KiB of an error answer's body, for the message. One that breaks off is still
+    that error (distribution 2.8 answers a 416 with the blob's Content-Length and 33 bytes):
+    what arrived is kept, and the status decides, not the broken body."""
+    buf = bytearray()
+    try:
+        async for piece in response.aiter_bytes():
+            buf += piece
+            if len(buf) >= 64 * 1024:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(buf[: 64 * 1024])
 
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:

@@ -1,9 +1,12 @@
 """The one place that decides what is a temporary failure and how long to wait before retrying.
 
-Retried: connection-level failures (refused, reset, timeouts, truncated bodies), HTTP 408, 429
-and 5xx except 501 (not implemented is permanent). Everything else fails at once. The wait is
-exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff and Jitter"),
-unless the server sent ``Retry-After``, which is honoured up to ``max_delay``.
+Retried: connection-level failures (refused, reset, timeouts, bodies cut short of their
+``Content-Length``), HTTP 408, 429 and 5xx except 501 (not implemented is permanent). Everything
+else fails at once — notably a *complete* blob body whose length is not the descriptor's size:
+the artifact or the registry is inconsistent, and no retry changes that (the client raises
+:class:`~ocifs.errors.BlobSizeMismatch`). The wait is exponential backoff with full jitter (AWS
+architecture blog, "Exponential Backoff and Jitter"), unless the server sent ``Retry-After``,
+which is honoured up to ``max_delay``.
 """
 
 from __future__ import annotations
