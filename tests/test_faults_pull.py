@@ -13,7 +13,9 @@ Stall tests shorten the wait with ``--read-timeout``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -41,9 +43,11 @@ from support.fault_proxy import (
     WrongLength,
     too_many_requests,
 )
+from support.mounts import mounter
 from support.registry import RegistryServer
 
-from ocifs import push
+from ocifs import index, push
+from ocifs.digest import Digest
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 
@@ -191,7 +195,9 @@ BURSTS: dict[str, tuple[Fault, int]] = {
     "reset-at-once": (Reset(after=None), 3),
     "reset-mid-body": (Reset(after=20_000), 3),
     "truncated": (Truncate(after=30_000), 3),
-    "length-too-short": (WrongLength(-1000), 3),
+    # Content-Length 1000 over the body, then the connection closes: cut short, so retried. (One
+    # 1000 under it is a complete body of the wrong size: a broken artifact, see G2 below.)
+    "length-too-long": (WrongLength(+1000), 3),
     "500": (Status(500), 3),
     "503": (Status(503), 3),
     "429": (too_many_requests(0.2), 3),
@@ -281,6 +287,111 @@ def test_persistent_fault_is_one_clear_line_and_no_final_file(
     # to retry): the fault was not given up on too early...
     assert proxy.count("GET", artifact.chunk_path(5)) == (4 if isinstance(fault, Flip) else 8)
     assert elapsed < 30  # ...nor retried for minutes
+
+
+# -- a blob of another size than its descriptor says (gap G2) --------------------------------------
+
+
+def with_resized_chunk(registry: RegistryServer, art: Artifact, number: int, delta: int, tag: str) -> str:
+    """``art`` again under ``tag``, but with chunk ``number`` stored as a blob ``delta`` bytes
+    longer (or shorter) than the chunk index and the manifest say: a descriptor that lies about
+    its blob, which distribution stores without checking. Returns the new chunk's digest."""
+
+    async def go() -> str:
+        async with RegistryClient(parse_reference(art.ref).registry) as client:
+            manifest = (await client.get_manifest(art.repo, "v1")).json()
+            layer = next(x for x in manifest["layers"] if x["mediaType"] == index.MEDIA_TYPE_CHUNK_INDEX)
+            doc = json.loads(await client.get_blob(art.repo, Digest.parse(layer["digest"]), layer["size"]))
+            entry = doc["chunks"][number]
+            real = art.contents["model.bin"][entry["offset"] : entry["offset"] + entry["size"]]
+            data = real[:delta] if delta < 0 else real + bytes(delta)
+            resized = Digest.of_bytes(data)
+            await client.upload_blob(art.repo, resized, data)
+            for descriptor in manifest["layers"]:
+                if descriptor["digest"] == entry["digest"]:
+                    descriptor["digest"] = str(resized)  # the size stays what it was
+            entry["digest"] = str(resized)
+            blob = json.dumps(doc).encode()
+            await client.upload_blob(art.repo, Digest.of_bytes(blob), blob)
+            layer["digest"], layer["size"] = str(Digest.of_bytes(blob)), len(blob)
+            await client.put_manifest(art.repo, tag, json.dumps(manifest).encode(), manifest["mediaType"])
+            return str(resized)
+
+    return trio.run(go)
+
+
+#: name: (bytes the registry's chunk 5 has more than its descriptor says, or None: the blob is
+#: right but the proxy announces a Content-Length 1000 bytes short on every GET of it).
+RESIZED: dict[str, int | None] = {
+    "blob-shorter": -1000,
+    "blob-longer": 1000,
+    "content-length-short": None,
+}
+
+
+@pytest.mark.parametrize("name", list(RESIZED))
+def test_a_blob_of_another_size_than_its_descriptor_fails_at_once_in_one_line(
+    artifact: Artifact, shared_registry: RegistryServer, proxy: FaultProxy, tmp_path: Path, name: str
+) -> None:
+    """A complete answer of another length is a broken artifact (or registry), not the network:
+    one request, no retry by the client or the fetcher, one line giving both sizes (G2)."""
+    delta = RESIZED[name]
+    if delta is None:
+        tag, bad, served = "v1", artifact.chunks[5], CHUNK - 1000
+        proxy.add(WrongLength(-1000), method="GET", path=artifact.chunk_path(5), times=None)
+    else:
+        tag = f"resized{delta}"
+        bad, served = with_resized_chunk(shared_registry, artifact, 5, delta, tag), CHUNK + delta
+    bad_path = rf"/blobs/{re.escape(bad)}$"
+    started = time.monotonic()
+    result = subprocess.run(pull_cmd(f"{proxy.host}/{artifact.repo}:{tag}", tmp_path / "out", tmp_path / "cache"),
+                            capture_output=True, text=True, timeout=50, check=False)  # fmt: skip
+    elapsed = time.monotonic() - started
+    line = assert_one_line_error(
+        result,
+        rf"file 'model\.bin': chunk 5 of {COUNT} \(offset {5 * CHUNK}",
+        rf"{re.escape(proxy.host)}/{REPO}: blob {bad} is {served} bytes in the registry but {CHUNK} in the manifest",
+        r"the artifact is broken",
+    )
+    assert "network" not in line and "connection broken" not in line
+    assert proxy.count("GET", bad_path) == 1  # the default 5 client x 4 fetcher attempts: none repeated
+    assert elapsed < 5
+    assert "model.bin" not in final_files(tmp_path / "out")
+    assert bad not in assert_cache_consistent(tmp_path / "cache")
+
+
+def test_a_blob_of_another_size_than_its_descriptor_is_eio_on_the_mount_with_the_reason_logged(
+    artifact: Artifact, shared_registry: RegistryServer, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The mount's side of G2: each read of the chunk fails with EIO after one request (no
+    retries to wait for), the log says why, and the rest of the file reads fine."""
+    bad = with_resized_chunk(shared_registry, artifact, 5, -1000, "resized-mount")
+    bad_path = rf"/blobs/{re.escape(bad)}$"
+    model = artifact.contents["model.bin"]
+    with mounter(tmp_path) as mounts:
+        mount = mounts(f"{proxy.host}/{artifact.repo}:resized-mount", "--prefetch", "off")
+        path = mount.path / "model.bin"
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(OSError) as info, path.open("rb", buffering=0) as f:
+                f.seek(5 * CHUNK + 10)
+                f.read(4096)
+            assert info.value.errno == errno.EIO
+            assert time.monotonic() - started < 2
+        with path.open("rb", buffering=0) as f:
+            f.seek(4 * CHUNK)
+            assert f.read(CHUNK) == model[4 * CHUNK : 5 * CHUNK]
+            f.seek(6 * CHUNK)
+            assert f.read(CHUNK) == model[6 * CHUNK : 7 * CHUNK]
+        assert mount.alive()
+        assert bad not in assert_cache_consistent(mount.cache)
+    log = mount.log_text()
+    eio = [line for line in log.splitlines() if "failed (EIO)" in line]
+    # The kernel may repeat a failed read-ahead as a read of the one page asked for: each FUSE
+    # read that failed made exactly one request, nothing was retried.
+    assert 2 <= len(eio) == proxy.count("GET", bad_path) <= 4, log
+    assert all(f"blob {bad} is {CHUNK - 1000} bytes in the registry but {CHUNK} in the manifest" in x for x in eio)
+    assert "Traceback" not in log and "network" not in log
 
 
 # -- resume --------------------------------------------------------------------------------------
