@@ -9,6 +9,8 @@ meets them and never escape as themselves.
 
 from __future__ import annotations
 
+import errno
+import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -111,6 +113,45 @@ class RegistryUnavailable(RegistryError):
 
 class CacheError(OcifsError):
     """The local chunk cache cannot be used (unwritable, full, corrupt beyond repair)."""
+
+
+#: errno values that mean "out of file descriptors": this process's limit, or the host's.
+FD_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def fd_exhaustion(exc: BaseException, *, groups: bool = True) -> OSError | None:
+    """The ``OSError`` EMFILE/ENFILE behind ``exc`` — itself, or one in its chain of causes and
+    contexts (and, with ``groups``, inside exception groups there) — or None.
+
+    Transport libraries wrap it (httpx: ``ConnectError`` from httpcore's from the ``OSError``);
+    whatever the wrapping, running out of descriptors is not a network problem.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FD_EXHAUSTION:
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            if not groups:
+                continue
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def fd_exhaustion_hint(err: OSError) -> str:
+    """What to do when out of descriptors, with the limit that was hit."""
+    if err.errno == errno.ENFILE:
+        return "the host's limit (fs.file-max) is reached; close other programs' files or raise it, or lower --jobs"
+    try:
+        limit = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (OSError, ValueError):
+        limit = "?"
+    return f"the limit is {limit} open files; raise it (ulimit -n, LimitNOFILE= in the unit) or lower --jobs"
 
 
 def first_error(exc: BaseException) -> BaseException:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import resource
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -197,6 +200,31 @@ async def test_a_range_past_the_end_of_the_blob_fails_at_once(
         with pytest.raises(BlobSizeMismatch, match=message):
             await client.get_blob_range("r", DIGEST, 100, 1000)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE], ids=["EMFILE", "ENFILE"])
+async def test_out_of_file_descriptors_is_not_reported_as_a_network_problem(number: int) -> None:
+    """P3: httpx wraps the OSError of socket() in ConnectError; the message says what it is."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        cause = OSError(number, os.strerror(number))
+        raise httpx.ConnectError(str(cause)) from cause  # as httpx (through httpcore) raises it
+
+    async with client_for(handler) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_blob("r", DIGEST, len(BLOB))
+    assert len(calls) == 4  # still retried: other requests may give descriptors back meanwhile
+    text = str(info.value)
+    assert os.strerror(number) in text and "network" not in text and "registry running" not in text
+    if number == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert (
+            f"the limit is {limit} open files; raise it (ulimit -n, LimitNOFILE= in the unit) or lower --jobs" in text
+        )
+    else:
+        assert "fs.file-max" in text
 
 
 async def test_range_answered_with_200_is_sliced() -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import errno
+import http.client
 import http.server
 import json
 import os
 import random
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -476,6 +479,38 @@ async def test_fast_path_reads_chunked_bodies_and_tells_a_cut_body_from_a_wrong_
 
 def client_via_host(host: str) -> RegistryClient:
     return RegistryClient(host, options=ClientOptions(retry=FAST, read_timeout=2.0))
+
+
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE], ids=["EMFILE", "ENFILE"])
+async def test_out_of_file_descriptors_on_the_fast_path_is_not_a_network_problem(
+    registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, number: int
+) -> None:
+    """P3: socket() failing with EMFILE is retried (other requests give descriptors back) and
+    reported as what it is, with the limit and what to do; idle pooled sockets are let go."""
+    digest, data = await store_blob(registry)
+
+    def connect(self: http.client.HTTPConnection) -> None:
+        raise OSError(number, os.strerror(number))
+
+    async with RegistryClient(registry.host, options=ClientOptions(retry=FAST)) as client:
+        assert await client.get_blob(REPO, digest, len(data)) == data  # one idle pooled connection
+        fast = client._fast
+        assert fast is not None and sum(len(p) for p in fast._idle.values()) == 1
+        monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+        fast._idle.clear()  # every attempt needs a new socket
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_blob(REPO, digest, len(data))
+        assert client.stats.retries == ATTEMPTS - 1
+    text = str(info.value)
+    assert f"blob {digest.short} failed: {os.strerror(number)}: " in text, text
+    assert "network" not in text and "\n" not in text
+    if number == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert (
+            f"the limit is {limit} open files; raise it (ulimit -n, LimitNOFILE= in the unit) or lower --jobs" in text
+        )
+    else:
+        assert "fs.file-max" in text
 
 
 # -- 429 and Retry-After ------------------------------------------------------------------------

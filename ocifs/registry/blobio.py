@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from ocifs.errors import FD_EXHAUSTION
+
 log = logging.getLogger(__name__)
 
 # Idle keep-alive connections kept per client; more are opened when more threads read at once.
@@ -162,6 +164,8 @@ class FastBlobReader:
             return FastResponse(0, {}, error=error), None
         except (OSError, http.client.HTTPException, ValueError) as exc:
             conn.close()
+            if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
+                self.close()  # idle keep-alive sockets hold descriptors the process is short of
             return FastResponse(0, {}, error=exc), None
 
     def close(self) -> None:

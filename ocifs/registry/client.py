@@ -44,6 +44,8 @@ from ocifs.errors import (
     RegistryError,
     RegistryUnavailable,
     UsageError,
+    fd_exhaustion,
+    fd_exhaustion_hint,
 )
 from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
@@ -554,8 +556,10 @@ class RegistryClient:
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
+            fds = fd_exhaustion(exc)
             raise RegistryUnavailable(
-                f"cannot reach the token service {request.url.host}: {_describe_transport_error(exc)}"
+                f"cannot reach the token service {request.url.host}: {_describe_transport_error(exc)}",
+                hint=fd_exhaustion_hint(fds) if fds is not None else None,
             ) from None
         return response
 
@@ -694,6 +698,9 @@ class RegistryClient:
             await trio.sleep(delay)
 
     def _unreachable_hint(self, exc: BaseException) -> str:
+        fds = fd_exhaustion(exc)
+        if fds is not None:  # not the network: this process (or the host) is out of descriptors
+            return fd_exhaustion_hint(fds)
         if _ssl_cause(exc) is not None:
             return "pass --ca-file with the registry's CA, or --plain-http if it speaks plain HTTP"
         if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
@@ -918,6 +925,9 @@ def _safe_url(url: httpx.URL) -> str:
 
 
 def _describe_transport_error(exc: BaseException) -> str:
+    fds = fd_exhaustion(exc)
+    if fds is not None:
+        return fds.strerror or "Too many open files"
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "timed out"
     tls = _ssl_cause(exc)

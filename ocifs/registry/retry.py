@@ -4,9 +4,11 @@ Retried: connection-level failures (refused, reset, timeouts, bodies cut short o
 ``Content-Length``), HTTP 408, 429 and 5xx except 501 (not implemented is permanent). Everything
 else fails at once — notably a *complete* blob body whose length is not the descriptor's size:
 the artifact or the registry is inconsistent, and no retry changes that (the client raises
-:class:`~ocifs.errors.BlobSizeMismatch`). The wait is exponential backoff with full jitter (AWS
-architecture blog, "Exponential Backoff and Jitter"), unless the server sent ``Retry-After``,
-which is honoured up to ``max_delay``.
+:class:`~ocifs.errors.BlobSizeMismatch`). A connection that fails because the process is out of
+file descriptors (EMFILE/ENFILE) is retried too (other requests end and give theirs back), but
+reported as what it is, not as a network problem. The wait is exponential backoff with full
+jitter (AWS architecture blog, "Exponential Backoff and Jitter"), unless the server sent
+``Retry-After``, which is honoured up to ``max_delay``.
 """
 
 from __future__ import annotations
