@@ -8,9 +8,11 @@ parses and dispatches.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import trio
 
 from ocifs import __version__, config
-from ocifs.errors import OcifsError, UsageError, first_error
+from ocifs.errors import OcifsError, UsageError, fd_exhaustion, fd_exhaustion_hint, first_error
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
 from ocifs.registry.retry import RetryPolicy
@@ -356,8 +358,51 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit, as Go programs, systemd services and
+    many tools do: the soft default (1024, sometimes 256 or less) is a relic of ``select()``,
+    which ocifs does not use, while a pull or a mount with many jobs holds a socket, a temp
+    file and a cache file per job and can run short. Never lowers it; failures are ignored
+    (the limit stays what it was)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard
+        if hard == resource.RLIM_INFINITY:
+            # Linux refuses an infinite descriptor limit; its ceiling is fs.nr_open.
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        pass
+
+
+def _report(exc: OcifsError) -> tuple[str, int]:
+    """The error line (without the ``ocifs: error:`` prefix) and exit status for ``exc``.
+
+    Out of file descriptors is a runtime condition of this host, not a usage error, whatever
+    the layer that met it reported (e.g. "cannot use output directory DIR: Too many open
+    files"): exit 1 and say what to do, unless the error already does.
+    """
+    fds = fd_exhaustion(exc, groups=False)
+    if fds is None:
+        # Some errors carry only the OSError's text (pull's "cannot write FILE: Too many open
+        # files" is built outside the except block and chains nothing).
+        fds = next((OSError(n, os.strerror(n)) for n in FD_TEXT if exc.message.endswith(os.strerror(n))), None)
+    if fds is None:
+        return str(exc), exc.exit_code
+    if exc.hint:
+        return str(exc), 1
+    return f"{exc.message}: {fd_exhaustion_hint(fds)}", 1
+
+
+#: ENFILE first: its text ("Too many open files in system") extends EMFILE's.
+FD_TEXT = (errno.ENFILE, errno.EMFILE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ocifs`` command. Returns the exit status."""
+    raise_open_file_limit()  # before anything opens a descriptor; the mount daemon forks from here
     parser = build_parser()
     args = parser.parse_args(_with_mount_command(sys.argv[1:] if argv is None else argv))
     setup_logging(args.debug)
@@ -375,15 +420,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OcifsError as exc:
         if args.debug:
             log.exception("failed")
+        line, status = _report(exc)
         priority = "<3>" if stderr_is_journal() else ""  # a failed unit's reason shows as an error
-        print(f"{priority}ocifs: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        print(f"{priority}ocifs: error: {line}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("ocifs: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # stdout closed by a pipe reader (e.g. `| head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # Untranslated OSErrors are bugs (tracebacks), except running out of descriptors, which
+        # any open() anywhere may meet: one line and what to do.
+        fds = fd_exhaustion(exc, groups=False)
+        if fds is None:
+            raise
+        if args.debug:
+            log.exception("failed")
+        priority = "<3>" if stderr_is_journal() else ""
+        what = f"cannot open {fds.filename}: " if fds.filename else ""
+        print(f"{priority}ocifs: error: {what}{fds.strerror or exc}: {fd_exhaustion_hint(fds)}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ does not stop root), ``RLIMIT_NOFILE`` set in the child, ``umount -l``, and uid 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -255,6 +256,81 @@ def test_pull_with_few_file_descriptors_fails_clearly_or_completes(
     assert_cache_consistent(cache)
     if limit >= 64:
         assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def with_soft_nofile(soft: int, hard: int) -> Callable[[], None]:
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return set_limit
+
+
+def nofile_limits(pid: int) -> tuple[int, int]:
+    """The soft and hard RLIMIT_NOFILE of a running process, from /proc."""
+    line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_a_low_soft_descriptor_limit_is_raised_to_the_hard_one(
+    many_files: Artifact, mounts: Mounter, tmp_path: Path
+) -> None:
+    """Every command starts by raising its soft RLIMIT_NOFILE to the hard limit (P3): with a soft
+    limit of 24 the pull that fails above completes, and the mount daemon runs with the hard one."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    result = subprocess.run(
+        [sys.executable, "-m", "ocifs", "pull", many_files.ref, "-o", str(out), "--cache-dir", str(cache), "-q",
+         "-j", "16"],
+        capture_output=True, text=True, timeout=50, check=False, preexec_fn=with_soft_nofile(24, 4096),
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert tree(out) == many_files.contents
+
+    mount = mounts(many_files.ref, preexec=with_soft_nofile(LOW_NOFILE, 4096))
+    assert nofile_limits(mount.proc.pid) == (4096, 4096)
+    assert (mount.path / "part-00.bin").read_bytes() == many_files.contents["part-00.bin"]
+    assert mounts.cleanup() == []
+
+
+def test_pull_out_of_descriptors_at_any_step_says_so_in_one_line_with_what_to_do(
+    artifact: Artifact, tmp_path: Path
+) -> None:
+    """P3: whichever open() runs out — the config file, trio's wakeup socket, the output
+    directory, a temp file, a cache entry, a connection — the pull ends with exit 1 and one line
+    naming "Too many open files", the limit and what to do; never "check the network", never the
+    usage status 2 (the output directory used to say `cannot use output directory DIR: Too many
+    open files`, status 2)."""
+
+    def pull(limit: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ocifs", "pull", artifact.ref, "-o", str(tmp_path / f"out-{limit}"),
+             "--cache-dir", str(tmp_path / f"cache-{limit}"), "-q", "-j", "4"],
+            capture_output=True, text=True, timeout=50, check=False, preexec_fn=with_nofile(limit),
+        )  # fmt: skip
+
+    limits = range(5, 25)  # below 5 the interpreter itself cannot start
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = dict(zip(limits, pool.map(pull, limits), strict=True))
+    failures = {}
+    for limit, result in results.items():
+        assert "Traceback" not in result.stderr, result.stderr
+        if result.returncode == 0:
+            assert tree(tmp_path / f"out-{limit}") == artifact.contents
+            continue
+        assert result.returncode == 1, (limit, result.returncode, result.stderr)
+        lines = result.stderr.splitlines()
+        # Before it only the cache's own lines as it gives way (and recovers, and gives way...).
+        assert all(line.startswith("chunk cache ") for line in lines[:-1]), result.stderr
+        line = lines[-1]
+        assert line.startswith("ocifs: error: ") and "Too many open files: " in line, line
+        assert line.endswith(f"the limit is {limit} open files; raise it (ulimit -n, LimitNOFILE= in the unit) or"
+                             " lower --jobs"), line  # fmt: skip
+        assert "network" not in line
+        for name, data in tree(tmp_path / f"out-{limit}").items():  # nothing partial under a final name
+            assert data == artifact.contents[name]
+        failures[limit] = line
+    assert any("cannot use output directory" in line for line in failures.values()), failures
+    assert results[limits[-1]].returncode == 0, failures  # and with enough, it works
 
 
 def test_mount_with_few_file_descriptors_keeps_serving_and_says_why_a_read_failed(
