@@ -44,7 +44,7 @@ class SizeMismatch(Exception):
     another size than the descriptor gives, which no retry changes.
 
     ``served`` is the body's length (a lower bound when ``more``: the body was not read to its
-    end, see :func:`read_other_length`); ``total`` the blob's size from a 206's
+    end, see :func:`_read_other_length`); ``total`` the blob's size from a 206's
     ``Content-Range``, when it says.
     """
 
