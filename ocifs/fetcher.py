@@ -295,6 +295,7 @@ class Fetcher:
     async def _download_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
         """Download a range until it has the right length; retries short and unavailable answers."""
         attempts = self.retries + 1
+        short = 0
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 await self._wait_before_retry(attempt - 1)
@@ -307,9 +308,15 @@ class Fetcher:
                 log.debug("range of %s: %s; retrying (%d/%d)", digest.short, exc, attempt, self.retries)
                 continue
             if len(data) == end - start:
+                if short:
+                    log.warning(
+                        "range [%d, %d) of %s from %s came back short %d time(s) before a whole one",
+                        start, end, digest, repository, short,
+                    )  # fmt: skip
                 return data
+            short += 1
             self._stats.integrity_failures += 1
-            log.warning(
+            log.debug(
                 "range [%d, %d) of %s from %s came back with %d bytes (attempt %d/%d)",
                 start, end, digest, repository, len(data), attempt, attempts,
             )  # fmt: skip
@@ -406,8 +413,13 @@ class Fetcher:
             await trio.sleep(CLAIM_POLL)
 
     async def _download_verified(self, repository: str, digest: Digest, size: int | None) -> bytes:
-        """Download until the bytes match the digest; retries corrupt and unavailable answers."""
+        """Download until the bytes match the digest; retries corrupt and unavailable answers.
+
+        Logging: each corrupt attempt at DEBUG; one WARNING if a retry then got good bytes (the
+        operation succeeded, but something corrupts data); none when every attempt was
+        corrupt, since the caller reports the raised error as its one line (gap P1)."""
         attempts = self.retries + 1
+        corrupt = 0
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 await self._wait_before_retry(attempt - 1)
@@ -422,13 +434,21 @@ class Fetcher:
             # every other task of the mount (design §7: ~1,300 MiB/s per core).
             if await trio.to_thread.run_sync(digest.matches, data):
                 log.debug("fetched %s from %s (%d bytes)", digest.short, repository, len(data))
+                if corrupt:
+                    log.warning(
+                        "download of %s from %s did not match its digest %d time(s) before a good one:"
+                        " something between here and the registry's storage corrupts data",
+                        digest, repository, corrupt,
+                    )  # fmt: skip
                 return data
+            corrupt += 1
             self._stats.integrity_failures += 1
-            log.warning(
+            log.debug(
                 "download of %s from %s does not match its digest (attempt %d/%d)",
                 digest, repository, attempt, attempts,
             )  # fmt: skip
-        raise IntegrityError(f"{digest}: downloaded bytes did not match the digest in {attempts} attempts")
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        raise IntegrityError(f"{digest}: downloaded bytes did not match the digest in {tries}")
 
     async def _request(self, request: Callable[[], Awaitable[bytes]]) -> bytes:
         """Run one source request inside the concurrency limit, counting it. ``request`` is
