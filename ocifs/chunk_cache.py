@@ -236,23 +236,29 @@ class ChunkCache:
         Returns a claim (give it to :meth:`release_claim`) or None if another process holds one:
         that process is downloading the chunk and will put it here, so the caller polls
         :meth:`contains`. A claim is an empty file created with ``O_EXCL``: no descriptor stays
-        open (a process near its open-file limit loses nothing), and a claim left by a killed
-        process is taken over once older than :data:`STALE_CLAIM_AGE`. If the claim cannot be
-        written (read-only or full cache) it is granted: with nowhere to store the chunk there
-        is nothing to share.
+        open (a process near its open-file limit loses nothing). It names its owner (pid, pid
+        namespace, boot): a claim whose owner is known dead — a pull or daemon killed with
+        ``kill -9`` — is taken over at once, any other once older than
+        :data:`STALE_CLAIM_AGE`. If the claim cannot be written (read-only or full cache) it is
+        granted: with nowhere to store the chunk there is nothing to share.
         """
         path = self._base / "claims" / digest.hex
         for _ in range(2):
             try:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, _claim_owner())
+                finally:
+                    os.close(fd)
                 return path
             except FileExistsError:
                 try:
                     age = time.time() - path.stat().st_mtime
+                    owner = path.read_bytes()
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
-                if age < STALE_CLAIM_AGE:
+                if age < STALE_CLAIM_AGE and not _owner_is_dead(owner):
                     return None
                 path.unlink(missing_ok=True)  # its owner died; take it over
             except OSError:
@@ -717,6 +723,54 @@ class ChunkCache:
 # ---------------------------------------------------------------------- module helpers
 # Small functions for the system calls, so tests can inject failures (ENOSPC, EROFS) without
 # patching the os module for everything else in the process.
+
+
+def _host_identity() -> str:
+    """``pid-namespace boot-id``: where a pid in a claim means this process table."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "?"
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip() or "?"
+    except OSError:
+        boot = "?"
+    return f"{namespace} {boot}"
+
+
+_HOST_IDENTITY = _host_identity()
+
+
+def _claim_owner() -> bytes:
+    """``pid pid-namespace boot-id`` of this process (read at each claim: the daemon forks)."""
+    return f"{os.getpid()} {_HOST_IDENTITY}\n".encode()
+
+
+def _owner_is_dead(owner: bytes) -> bool:
+    """Whether the claim's owner is certainly gone: same boot and pid namespace as us (else its
+    pid means nothing here), and no such process. Unknown or unreadable owners count as alive
+    (the age limit still applies)."""
+    fields = owner.split()
+    if len(fields) != 3 or b"?" in fields[1:] or fields[1:] != _HOST_IDENTITY.encode().split():
+        return False
+    try:
+        pid = int(fields[0])
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: alive, another user's
+    try:  # a zombie (killed, not yet reaped) writes nothing any more
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 def _create_exclusive(path: Path) -> int:
