@@ -8,6 +8,7 @@ parses and dispatches.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import getpass
 import logging
@@ -358,6 +359,23 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+#: glibc's ``mallopt`` parameter number for the arena count (malloc.h: ``M_ARENA_MAX``).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas() -> None:
+    """Keep glibc's heap to one arena. Chunks are 16 MiB ``bytes`` allocated in worker threads
+    (pread, HTTP bodies) and freed in others; with an arena per thread each arena keeps its
+    own freed blocks, and a push of 1 GiB peaked at 350–450 MiB RSS instead of 185–200
+    (measured; speed and CPU unchanged, the GIL serialises most allocations anyway). Ignored
+    where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 def raise_open_file_limit() -> None:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard limit, as Go programs, systemd services and
     many tools do: the soft default (1024, sometimes 256 or less) is a relic of ``select()``,
@@ -403,6 +421,7 @@ FD_TEXT = (errno.ENFILE, errno.EMFILE)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ocifs`` command. Returns the exit status."""
     raise_open_file_limit()  # before anything opens a descriptor; the mount daemon forks from here
+    limit_malloc_arenas()  # before any thread starts
     parser = build_parser()
     args = parser.parse_args(_with_mount_command(sys.argv[1:] if argv is None else argv))
     setup_logging(args.debug)

@@ -54,6 +54,12 @@ async def exercise_every_operation(client: RegistryClient, repo: str) -> None:
     assert await client.get_blob_range(repo, digest, 1000, 300_000) == data[1000:300_000]
     assert await client.get_blob_range(repo, digest, 1000, 5000) == data[1000:5000]
     assert await client.get_blob_range(repo, digest, len(data) - 10, len(data)) == data[-10:]
+    # Large uploads take the threaded fast path too (the auth scheme is known by now).
+    second = os.urandom(2 * 1024 * 1024 + 5)
+    before = client.stats.fast_puts
+    assert await client.upload_blob(repo, Digest.of_bytes(second), second) == "uploaded"
+    assert client.stats.fast_puts == before + 1
+    assert await client.get_blob(repo, Digest.of_bytes(second), len(second)) == second
     # Cross-repository mount: the blob appears in another repository without its bytes being sent.
     other = repo + "-copy"
     assert await client.upload_blob(other, digest, data, mount_from=repo) == "mounted"

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _MAX_IDLE = 32
 # Of an error body, this much is read for the message.
 _EXCERPT = 64 * 1024
+#: Upload bodies are written this much at a time, each write under the socket timeout (one
+#: 16 MiB write would have to finish within it on a slow link).
+UPLOAD_SLICE = 1024 * 1024
 
 
 class BodyLengthError(Exception):
@@ -167,6 +170,47 @@ class FastBlobReader:
             if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
                 self.close()  # idle keep-alive sockets hold descriptors the process is short of
             return FastResponse(0, {}, error=exc), None
+
+    def put(self, url: str, headers: Mapping[str, str], body: bytes, ok: tuple[int, ...]) -> FastResponse:
+        """PUT ``body`` to ``url`` (an upload session's absolute URL); never raises for network or
+        HTTP trouble. ``data`` is ``b""`` when the answer's status is in ``ok``; otherwise
+        ``status``/``headers``/``body`` or ``error`` describe the failure, as for :meth:`get`.
+
+        The body goes out in :data:`UPLOAD_SLICE` writes straight from ``body`` (no copy, each
+        slice under the socket timeout); ``Authorization`` only to the registry's origin;
+        redirects are not followed (the caller reports them). Not resent: a failed PUT may have
+        reached the registry, and only the caller knows how to check (HEAD the blob).
+        """
+        parts = urlsplit(url)
+        origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        send = dict(headers)
+        if origin != self._origin:
+            send = {k: v for k, v in send.items() if k.lower() != "authorization"}
+        conn = self._take(origin)
+        try:
+            conn.putrequest("PUT", target, skip_accept_encoding=True)
+            for name, value in send.items():
+                conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            with memoryview(body) as view:
+                for start in range(0, len(view), UPLOAD_SLICE):
+                    conn.send(view[start : start + UPLOAD_SLICE])
+            response = conn.getresponse()
+            found = {k.lower(): v for k, v in response.getheaders()}
+            if response.status in ok:
+                response.read(_EXCERPT)
+                self._release(origin, conn, response)
+                return FastResponse(response.status, found, data=b"")
+            excerpt = response.read(_EXCERPT) if response.status >= 400 else b""
+            conn.close()
+            return FastResponse(response.status, found, body=excerpt)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            conn.close()
+            if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
+                self.close()
+            return FastResponse(0, {}, error=exc)
 
     def close(self) -> None:
         with self._lock:

@@ -141,6 +141,7 @@ class ClientStats:
     uploaded_bytes: int = 0
     mounts: int = 0
     fast_gets: int = 0
+    fast_puts: int = 0
 
 
 class RegistryClient:
@@ -353,6 +354,25 @@ class RegistryClient:
 
         return send
 
+    def _fast_putter(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
+        """A fast-path attempt of a monolithic PUT for :meth:`_exchange` (a worker-thread
+        ``http.client`` upload: httpx on trio spends ~0.8 CPU-s/GiB in Python pushing 1 MiB
+        slices through h11), or None for small bodies or when the fast path is disabled."""
+        fast = self._fast
+        if fast is None or not fast.enabled or len(body) < FAST_PATH_MIN_BYTES:
+            return None
+
+        async def send(request_headers: dict[str, str]) -> FastResponse:
+            put = functools.partial(fast.put, url, {**request_headers, **headers}, body, (201, 204))
+            outcome = await trio.to_thread.run_sync(put, abandon_on_cancel=True)
+            if outcome.data is not None:
+                self.stats.fast_puts += 1
+            return outcome
+
+        return send
+
     async def get_blob_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of a blob by a ``Range`` request.
 
@@ -499,18 +519,21 @@ class RegistryClient:
         return str(response.url.join(location)), False
 
     async def _finish_upload(self, repository: str, digest: Digest, body: bytes, location: str) -> None:
+        url = _with_query(location, {"digest": str(digest)})
+        content_type = {"Content-Type": "application/octet-stream"}
         try:
             await self._exchange(
                 "PUT",
-                _with_query(location, {"digest": str(digest)}),
+                url,
                 attempts=1,
                 repository=repository,
                 actions="pull,push",
                 content=body,
                 expected=(201, 204),
-                headers={"Content-Type": "application/octet-stream"},
+                headers=content_type,
                 consume=_discard,
                 what=f"upload of {digest.short}",
+                fast=self._fast_putter(url, body, content_type),
             )
             return
         except RegistryError as exc:
