@@ -62,9 +62,9 @@ MAX_RETRY_DELAY = 20.0
 #: here, so a claim held longer belongs to a peer that is stalled or retrying.
 CLAIM_POLL = 0.02
 CLAIM_WAIT = 30.0
-#: Default bound on verified chunks waiting for their disk-cache write (write-behind): enough
-#: for every download slot's chunk twice over at the default 8 jobs x 16 MiB.
-WRITE_BEHIND_BYTES = 256 * 1024 * 1024
+#: Default bound on verified chunks waiting for their disk-cache write (write-behind): every
+#: download slot's chunk at the default 8 jobs x 16 MiB. Past it the leader writes inline.
+WRITE_BEHIND_BYTES = 128 * 1024 * 1024
 #: Cache writes running at once: more only adds contention on the filesystem's locks.
 WRITE_BEHIND_WORKERS = 2
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -382,3 +384,40 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once_a_live_ones_is_respecte
     cache.release_claim(claim)
     claim.write_bytes(b"1 4026531836 00000000-0000-0000-0000-000000000000\n")
     assert cache.try_claim(digest) is None
+
+
+@pytest.mark.parametrize("size", [1024 * 1024, 3 * 1024 * 1024 + 4095, 5 * 1024 * 1024 + 1])
+def test_large_entries_are_written_exactly_with_or_without_direct_io(tmp_path: Path, size: int) -> None:
+    """Entries of 1 MiB and more bypass the page cache (O_DIRECT, aligned part, then the tail
+    written normally); where a filesystem refuses it the cache falls back for good."""
+    data = random.Random(size).randbytes(size)
+    digest = Digest.of_bytes(data)
+    for root in (tmp_path / "disk", Path(tempfile.mkdtemp(prefix="ocifs-test-", dir="/dev/shm"))):
+        try:
+            cache = ChunkCache(root / "cache", memory_bytes=0)
+            assert cache.put(digest, data)
+            assert cache.path_for(digest).read_bytes() == data
+            assert cache.get_disk(digest, size=size) == data
+            assert stat.S_IMODE(cache.path_for(digest).stat().st_mode) == 0o600
+        finally:
+            if str(root).startswith("/dev/shm/"):
+                shutil.rmtree(root)
+
+
+def test_a_filesystem_refusing_direct_io_falls_back_to_normal_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ChunkCache(tmp_path / "cache", memory_bytes=0)
+    real_fcntl = chunk_cache.fcntl.fcntl
+
+    def refuse_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == chunk_cache.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(chunk_cache.fcntl, "fcntl", refuse_direct)
+    blobs = [random.Random(i).randbytes(2 * 1024 * 1024 + i) for i in range(2)]
+    for data in blobs:
+        assert cache.put(Digest.of_bytes(data), data)
+        assert cache.path_for(Digest.of_bytes(data)).read_bytes() == data
+    assert cache._direct is False  # tried once, then not again
