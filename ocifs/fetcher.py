@@ -245,11 +245,12 @@ class Fetcher:
 
     async def prefetch(self, repository: str, digest: Digest, size: int | None = None) -> None:
         """Make sure ``digest`` is cached, without returning it: returns at once if it is in
-        memory or on disk, else fetches it as :meth:`get` would (joining a flight in progress).
-        Errors propagate; the caller (a read-ahead task) decides whether they matter."""
+        memory, starts the kernel reading it if it is on disk (read-ahead of a warm file), else
+        fetches it as :meth:`get` would (joining a flight in progress). Errors propagate; the
+        caller (a read-ahead task) decides whether they matter."""
         if digest in self._pending or self.cache.in_memory(digest):
             return
-        if digest not in self._flights and await trio.to_thread.run_sync(self.cache.contains, digest):
+        if digest not in self._flights and await trio.to_thread.run_sync(self.cache.preload, digest):
             return
         await self.get(repository, digest, size)
 
