@@ -27,9 +27,7 @@ def manifest_for(layers: list[tuple[Digest, int]]) -> bytes:
             "mediaType": OCI_MANIFEST,
             "artifactType": "application/vnd.ocifs.test",
             "config": {"mediaType": EMPTY_TYPE, "digest": str(Digest.of_bytes(EMPTY)), "size": 2},
-            "layers": [
-                {"mediaType": "application/octet-stream", "digest": str(d), "size": s} for d, s in layers
-            ],
+            "layers": [{"mediaType": "application/octet-stream", "digest": str(d), "size": s} for d, s in layers],
         }
     ).encode()
 
@@ -217,7 +215,11 @@ async def test_credentials_from_docker_config_and_helpers(
 
 def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ocifs", *args], input=stdin, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "ocifs", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import trio
+from support.cachefiles import assert_cache_consistent, cache_entries
 from support.fault_proxy import Fault, FaultProxy, Flip, Reset, Slow, Stall, Status, Truncate, too_many_requests
 from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
@@ -122,22 +123,6 @@ def read_error(path: Path, offset: int, size: int) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
-
-
-def cache_entries(cache: Path) -> dict[str, Path]:
-    return {
-        f"sha256:{p.name}": p
-        for p in (cache / "v1" / "sha256").glob("*/*")
-        if p.is_file() and not p.name.startswith(".tmp-")
-    }
-
-
-def assert_cache_consistent(cache: Path) -> dict[str, Path]:
-    """Every visible cache entry hashes to its name."""
-    entries = cache_entries(cache)
-    bad = [d for d, p in entries.items() if f"sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}" != d]
-    assert bad == [], f"cache entries that do not hash to their name: {bad}"
-    return entries
 
 
 # -- corrupt bytes -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from support.cachefiles import assert_cache_consistent
 from support.fault_proxy import (
     Fault,
     FaultProxy,
@@ -141,23 +142,6 @@ def tree(directory: Path) -> dict[str, bytes]:
 def final_files(directory: Path) -> dict[str, bytes]:
     """The files under their final names (temp files excluded)."""
     return {k: v for k, v in tree(directory).items() if not k.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)}
-
-
-def cache_entries(cache: Path) -> dict[str, Path]:
-    """Visible cache entries by digest ("sha256:..."); the cache's own temp files excluded."""
-    return {
-        f"sha256:{p.name}": p
-        for p in (cache / "v1" / "sha256").glob("*/*")
-        if p.is_file() and not p.name.startswith(CACHE_TEMP_PREFIX)
-    }
-
-
-def assert_cache_consistent(cache: Path) -> dict[str, Path]:
-    """Every visible entry hashes to its name: nothing corrupt, nothing half-written."""
-    entries = cache_entries(cache)
-    bad = [d for d, p in entries.items() if f"sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}" != d]
-    assert bad == [], f"cache entries that do not hash to their name: {bad}"
-    return entries
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import trio
+from support.cachefiles import assert_cache_consistent, cache_entries
 from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
@@ -101,21 +102,6 @@ def ocifs(*args: str, timeout: float = 50, **kwargs: Any) -> subprocess.Complete
 
 def tree(directory: Path) -> dict[str, bytes]:
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def cache_entries(cache: Path) -> dict[str, Path]:
-    return {
-        f"sha256:{p.name}": p
-        for p in (cache / "v1" / "sha256").glob("*/*")
-        if p.is_file() and not p.name.startswith(".tmp-")
-    }
-
-
-def assert_cache_consistent(cache: Path) -> dict[str, Path]:
-    entries = cache_entries(cache)
-    bad = [d for d, p in entries.items() if f"sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}" != d]
-    assert bad == [], f"cache entries that do not hash to their name: {bad}"
-    return entries
 
 
 def cache_warnings(text: str) -> list[str]:
