@@ -477,6 +477,44 @@ async def test_fast_path_reads_chunked_bodies_and_tells_a_cut_body_from_a_wrong_
         server.server_close()
 
 
+class _RangeIgnoringServer(http.server.BaseHTTPRequestHandler):
+    """A registry that ignores ``Range`` (it is only a SHOULD): every blob GET is a 200 with
+    the whole blob; counts the GETs."""
+
+    protocol_version = "HTTP/1.1"
+    BODY = random_bytes(BLOB_SIZE, 11)
+    gets = 0
+
+    def do_GET(self) -> None:
+        type(self).gets += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_a_large_range_from_a_registry_that_ignores_range_is_served_from_the_whole_answer() -> None:
+    """A 200 to a Range request is not the fast path's to read: the attempt moves to httpx,
+    which reads the blob up to the range's end and slices it (not an "HTTP 200" error)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeIgnoringServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    body = _RangeIgnoringServer.BODY
+    digest = Digest.of_bytes(body)
+    start, end = 1000, 1000 + 300_000  # over the fast path's 256 KiB threshold
+    try:
+        async with client_via_host(f"127.0.0.1:{server.server_address[1]}") as client:
+            assert await client.get_blob_range(REPO, digest, start, end) == body[start:end]
+            assert client.stats.retries == 0
+            assert _RangeIgnoringServer.gets == 2  # the fast attempt, then the same attempt on httpx
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def client_via_host(host: str) -> RegistryClient:
     return RegistryClient(host, options=ClientOptions(retry=FAST, read_timeout=2.0))
 

@@ -662,9 +662,11 @@ class RegistryClient:
                     self.stats.retries += 1
                     await trio.sleep(policy.delay_for(attempt, httpx.Response(outcome.status, headers=fast_headers)))
                     continue
-                if outcome.status != 401:
+                if outcome.status != 401 and outcome.status not in expected:
                     raise self._error_for(outcome.status, outcome.body, fast_headers, repository, what)
-                # A 401: this attempt continues on httpx, which owns the auth handshake.
+                # A 401 (httpx owns the auth handshake), or an answer this request accepts but
+                # the fast path does not read (a 200 with the whole blob to a Range request, as
+                # a registry may send): this attempt continues on httpx.
             body: bytes | AsyncIterator[bytes] | None = content
             if content is not None and len(content) > UPLOAD_SLICE:
                 # httpx times a write as a whole: a 16 MiB body on a slow link would time out
