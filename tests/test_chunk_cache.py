@@ -347,32 +347,30 @@ def test_concurrent_processes_evicting_leave_a_consistent_bounded_cache(tmp_path
     assert cache.verify().bad == ()
 
 
+#: A child process that claims ``b"claimed"`` in the cache at argv[1], prints the claim, then
+#: holds it for argv[2] seconds (never releasing it, as after kill -9).
+CLAIM_AND_HOLD = (
+    "import sys, time; from pathlib import Path; from ocifs.chunk_cache import ChunkCache; "
+    "from ocifs.digest import Digest; "
+    "print(ChunkCache(Path(sys.argv[1])).try_claim(Digest.of_bytes(b'claimed')), flush=True); "
+    "time.sleep(float(sys.argv[2]))"
+)
+
+
 def test_a_claim_of_a_dead_process_is_taken_over_at_once_a_live_ones_is_respected(tmp_path: Path) -> None:
     digest = Digest.of_bytes(b"claimed")
     cache = ChunkCache(tmp_path / "cache")
-    # Another process claims the chunk and is killed (kill -9: it never releases the claim).
-    holder = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from ocifs.chunk_cache import ChunkCache; "
-         "from ocifs.digest import Digest; "
-         "print(ChunkCache(Path(sys.argv[1])).try_claim(Digest.of_bytes(b'claimed')))",
-         str(tmp_path / "cache")],
-        capture_output=True, text=True, check=True, timeout=30,
-    )  # fmt: skip
+    # Another process claims the chunk and exits without releasing it.
+    holder = subprocess.run([sys.executable, "-c", CLAIM_AND_HOLD, str(tmp_path / "cache"), "0"],
+                            capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
     claim = Path(holder.stdout.strip())
     assert claim.is_file()  # left behind, fresh (far younger than the stale age)
     taken = cache.try_claim(digest)
     assert taken == claim  # its owner is gone: taken over without waiting
     # A claim held by a live process (here: a sleeping child that wrote its own) is respected.
     cache.release_claim(taken)
-    sleeper = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from ocifs.chunk_cache import ChunkCache; "
-         "from ocifs.digest import Digest; "
-         "print(ChunkCache(Path(sys.argv[1])).try_claim(Digest.of_bytes(b'claimed')), flush=True); time.sleep(60)",
-         str(tmp_path / "cache")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    sleeper = subprocess.Popen([sys.executable, "-c", CLAIM_AND_HOLD, str(tmp_path / "cache"), "60"],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert sleeper.stdout is not None and Path(sleeper.stdout.readline().strip()) == claim
         assert cache.try_claim(digest) is None

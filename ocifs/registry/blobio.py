@@ -166,10 +166,7 @@ class FastBlobReader:
             error = BodyLengthError(f"body ended after {len(exc.partial)} of {expected} bytes")
             return FastResponse(0, {}, error=error), None
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            conn.close()
-            if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
-                self.close()  # idle keep-alive sockets hold descriptors the process is short of
-            return FastResponse(0, {}, error=exc), None
+            return self._failed(conn, exc), None
 
     def put(self, url: str, headers: Mapping[str, str], body: bytes, ok: tuple[int, ...]) -> FastResponse:
         """PUT ``body`` to ``url`` (an upload session's absolute URL); never raises for network or
@@ -207,10 +204,14 @@ class FastBlobReader:
             conn.close()
             return FastResponse(response.status, found, body=excerpt)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            conn.close()
-            if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
-                self.close()
-            return FastResponse(0, {}, error=exc)
+            return self._failed(conn, exc)
+
+    def _failed(self, conn: http.client.HTTPConnection, exc: BaseException) -> FastResponse:
+        """A transport failure of one request: drop its connection and report ``exc``."""
+        conn.close()
+        if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTION:
+            self.close()  # idle keep-alive sockets hold descriptors the process is short of
+        return FastResponse(0, {}, error=exc)
 
     def close(self) -> None:
         with self._lock:

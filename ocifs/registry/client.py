@@ -340,35 +340,39 @@ class RegistryClient:
     def _fast_sender(
         self, path: str, size: int, headers: Mapping[str, str]
     ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
-        """A fast-path attempt for :meth:`_exchange` (a worker-thread GET), or None if disabled."""
+        """A fast-path attempt of a blob GET for :meth:`_exchange`, or None (see :meth:`_fast_attempt`)."""
+
+        def get(fast: FastBlobReader, request_headers: dict[str, str]) -> FastResponse:
+            return fast.get(path, {**request_headers, **headers}, size, partial="Range" in headers)
+
+        return self._fast_attempt(size, get, "fast_gets")
+
+    def _fast_putter(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
+        """A fast-path attempt of a monolithic PUT for :meth:`_exchange` (httpx on trio spends
+        ~0.8 CPU-s/GiB in Python pushing 1 MiB slices through h11), or None."""
+
+        def put(fast: FastBlobReader, request_headers: dict[str, str]) -> FastResponse:
+            return fast.put(url, {**request_headers, **headers}, body, (201, 204))
+
+        return self._fast_attempt(len(body), put, "fast_puts")
+
+    def _fast_attempt(
+        self, size: int, call: Callable[[FastBlobReader, dict[str, str]], FastResponse], counter: str
+    ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
+        """``call`` as one :meth:`_exchange` attempt in a worker thread (``http.client``), counting
+        successes in ``self.stats.<counter>``; None when the fast path is off or the body is
+        smaller than :data:`FAST_PATH_MIN_BYTES` (a thread hop costs more than it saves)."""
         fast = self._fast
         if fast is None or not fast.enabled or size < FAST_PATH_MIN_BYTES:
             return None
 
         async def send(request_headers: dict[str, str]) -> FastResponse:
-            get = functools.partial(fast.get, path, {**request_headers, **headers}, size, partial="Range" in headers)
-            outcome = await trio.to_thread.run_sync(get, abandon_on_cancel=True)
+            attempt = functools.partial(call, fast, request_headers)
+            outcome = await trio.to_thread.run_sync(attempt, abandon_on_cancel=True)
             if outcome.data is not None:
-                self.stats.fast_gets += 1
-            return outcome
-
-        return send
-
-    def _fast_putter(
-        self, url: str, body: bytes, headers: Mapping[str, str]
-    ) -> Callable[[dict[str, str]], Awaitable[FastResponse]] | None:
-        """A fast-path attempt of a monolithic PUT for :meth:`_exchange` (a worker-thread
-        ``http.client`` upload: httpx on trio spends ~0.8 CPU-s/GiB in Python pushing 1 MiB
-        slices through h11), or None for small bodies or when the fast path is disabled."""
-        fast = self._fast
-        if fast is None or not fast.enabled or len(body) < FAST_PATH_MIN_BYTES:
-            return None
-
-        async def send(request_headers: dict[str, str]) -> FastResponse:
-            put = functools.partial(fast.put, url, {**request_headers, **headers}, body, (201, 204))
-            outcome = await trio.to_thread.run_sync(put, abandon_on_cancel=True)
-            if outcome.data is not None:
-                self.stats.fast_puts += 1
+                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             return outcome
 
         return send
