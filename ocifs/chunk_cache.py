@@ -221,6 +221,7 @@ class ChunkCache:
         self._evictions = 0
         self._rejected = 0
         self._put_failures = 0
+        self._failed_put_size = 0  # largest write that failed since writes last worked
         self._read_errors = 0
         # One eviction pass per process at a time; other threads skip rather than queue up.
         self._evict_lock = threading.Lock()
@@ -424,6 +425,7 @@ class ChunkCache:
         except OSError as exc:
             with self._lock:
                 self._put_failures += 1
+                self._failed_put_size = max(self._failed_put_size, len(data))
             self._warn_once("write", exc)
             return False
         if not written:
@@ -432,11 +434,15 @@ class ChunkCache:
             self._puts += 1
             self._total += len(data)
             write_conditions = {c for c in self._warned if not c.startswith("read ")}
-            if write_conditions:
+            if write_conditions and len(data) >= self._failed_put_size:
                 # Writes work again (space was freed, the directory remounted read-write):
-                # say so, and re-arm the warnings in case the condition comes back.
+                # say so, and re-arm the warnings in case the condition comes back. Only a
+                # write as large as the largest that failed counts: on a nearly full disk a
+                # small entry fits while chunks still do not, and concurrent writers would
+                # otherwise flip between "writable again" and a new warning.
                 log.info("chunk cache %s is writable again", self.root)
                 self._warned -= write_conditions
+                self._failed_put_size = 0
         self._maybe_evict()
         return True
 

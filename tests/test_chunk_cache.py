@@ -384,6 +384,32 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once_a_live_ones_is_respecte
     assert cache.try_claim(digest) is None
 
 
+def test_a_small_entry_fitting_on_a_full_disk_does_not_count_as_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: ExpectLog
+) -> None:
+    """Nearly full: small entries fit, chunks do not. That is one episode, one warning (not a
+    "writable again" and a new warning each time a small write slips in)."""
+    cache = ChunkCache(tmp_path)
+    real_write_all = chunk_cache._write_all
+
+    def full_for_large(fd: int, data: bytes) -> None:
+        if len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(chunk_cache, "_write_all", full_for_large)
+    large = [(Digest.of_bytes(d), d) for d in (random.Random(i).randbytes(5000) for i in range(3))]
+    small = [(Digest.of_bytes(d), d) for d in (random.Random(10 + i).randbytes(100) for i in range(3))]
+    with expect_log(r"No space left on device", count=1):
+        for (big_digest, big), (little_digest, little) in zip(large, small, strict=True):
+            assert cache.put(big_digest, big) is False
+            assert cache.put(little_digest, little) is True
+    assert cache.stats().degraded == ("ENOSPC",)
+    monkeypatch.setattr(chunk_cache, "_write_all", real_write_all)  # space freed: a chunk fits
+    assert cache.put(*large[0]) is True
+    assert cache.stats().degraded == ()
+
+
 @pytest.mark.parametrize("size", [1024 * 1024, 3 * 1024 * 1024 + 4095, 5 * 1024 * 1024 + 1])
 def test_large_entries_are_written_exactly_with_or_without_direct_io(tmp_path: Path, size: int) -> None:
     """Entries of 1 MiB and more bypass the page cache (O_DIRECT, aligned part, then the tail
