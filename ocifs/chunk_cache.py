@@ -212,6 +212,7 @@ class ChunkCache:
         self._lock = threading.Lock()  # guards everything below; never held across I/O
         self._memory: LRUCache[Digest, bytes] = LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
         self._total = 0  # bytes on disk as this process believes; exact after each scan
+        self._written = 0  # bytes this process ever wrote: what landed during a scan is counted
         self._last_scan = time.monotonic()
         self._warned: set[str] = set()  # degraded conditions already logged
         self._memory_hits = 0
@@ -433,6 +434,7 @@ class ChunkCache:
         with self._lock:
             self._puts += 1
             self._total += len(data)
+            self._written += len(data)
             write_conditions = {c for c in self._warned if not c.startswith("read ")}
             if write_conditions and len(data) >= self._failed_put_size:
                 # Writes work again (space was freed, the directory remounted read-write):
@@ -603,7 +605,16 @@ class ChunkCache:
         if not due or not self._evict_lock.acquire(blocking=False):
             return
         try:
-            self._evict_pass(limit=self.max_size, target=int(self.max_size * LOW_WATER), raise_errors=False)
+            # Threads whose puts land during a pass skip it (they could not take the lock),
+            # so the evicting thread checks again afterwards rather than leave their bytes
+            # over the bound until the next put.
+            while True:
+                with self._lock:
+                    written_before = self._written
+                self._evict_pass(limit=self.max_size, target=int(self.max_size * LOW_WATER), raise_errors=False)
+                with self._lock:
+                    if self._total <= self.max_size or self._written == written_before:
+                        break  # under the bound, or nothing new to account for (a failed pass)
         finally:
             self._evict_lock.release()
 
@@ -614,6 +625,8 @@ class ChunkCache:
         Rescanning under the lock is what keeps processes from over-evicting: a process that
         waited for the lock sees what the previous holder already removed.
         """
+        with self._lock:
+            written_before = self._written
         try:
             with self._exclusive():
                 entries, temps = self._scan()
@@ -636,7 +649,9 @@ class ChunkCache:
             self._warn_once("evict", exc)
             return PruneResult(0, 0, 0, 0, 0)
         with self._lock:
-            self._total = total
+            # Entries this process wrote while the pass ran may be missing from the scan:
+            # count them on top (twice at worst, which only brings the next pass forward).
+            self._total = total + (self._written - written_before)
             self._last_scan = time.monotonic()
             self._evictions += removed
         if removed:

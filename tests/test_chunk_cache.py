@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -126,6 +127,41 @@ def test_eviction_keeps_size_under_bound_in_lru_order(tmp_path: Path) -> None:
     assert {chunks[0][0], extra[0]} <= present
     assert {d for d, _ in chunks[3:]} <= present
     assert cache.stats().evictions == 2
+
+
+def test_puts_landing_during_an_eviction_pass_are_still_evicted(tmp_path: Path) -> None:
+    """Puts that finish while another thread's pass is scanning cannot take the eviction
+    lock; their bytes must neither vanish from the running total nor stay over the bound."""
+    cache = ChunkCache(tmp_path, max_size=5000, memory_bytes=0)
+    chunks = [chunk(i) for i in range(7)]
+    for digest, data in chunks[:5]:
+        cache.put(digest, data)
+    scanning = threading.Event()
+    late_put_done = threading.Event()
+    real_scan = cache._scan
+    calls = 0
+
+    def scan_then_wait() -> Any:
+        nonlocal calls
+        calls += 1
+        result = real_scan()
+        if calls == 1:  # the first pass has scanned: let the late put land before it evicts
+            scanning.set()
+            assert late_put_done.wait(10)
+        return result
+
+    cache._scan = scan_then_wait  # type: ignore[method-assign]
+    first = chunk(100)
+    evictor = threading.Thread(target=cache.put, args=first)
+    evictor.start()
+    assert scanning.wait(10)
+    for late in chunks[5:]:  # over the bound, but the pass in progress holds the lock
+        cache.put(*late)
+    late_put_done.set()
+    evictor.join(10)
+    assert not evictor.is_alive()
+    assert calls >= 2, "the evicting thread must look again after the late put"
+    assert cache.stats().bytes <= 5000
 
 
 def test_bounded_cache_opened_over_its_limit_evicts_at_open(tmp_path: Path) -> None:
