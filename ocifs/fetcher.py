@@ -228,7 +228,8 @@ class Fetcher:
         The read path's variant of :meth:`get`: a cached chunk is served by reading just the
         range (no whole-chunk copy for a 128 KiB FUSE read); a missing one is fetched whole
         through :meth:`get` (verified, single-flight) and sliced. A chunk held in memory is
-        returned as a zero-copy ``memoryview`` of it (FUSE replies take any buffer).
+        returned as a zero-copy ``memoryview`` of it (FUSE replies take any buffer); a range
+        the kernel has in its page cache is read without leaving the event loop's thread.
         """
         if not 0 <= start <= end:
             raise ValueError(f"bad range [{start}, {end})")
@@ -236,8 +237,11 @@ class Fetcher:
         if data is not None:
             return _view(_check_size(digest, data, size), start, end)
         if digest not in self._flights:
-            read_range = functools.partial(self.cache.read_range, digest, start, end, size=size)
-            piece = await trio.to_thread.run_sync(read_range)
+            # Page-cached bytes of an entry held open: answered here, no thread hop.
+            piece: bytes | memoryview | None = self.cache.read_range_nowait(digest, start, end, size=size)
+            if piece is None:
+                read_range = functools.partial(self.cache.read_range, digest, start, end, size=size)
+                piece = await trio.to_thread.run_sync(read_range)
             if piece is not None:
                 self._stats.disk_hits += 1
                 return piece

@@ -3,6 +3,7 @@ LRU order across processes, and a broken disk degrades to "uncached" with one wa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -210,6 +211,76 @@ def test_entry_evicted_between_lookup_and_open_is_a_plain_miss(tmp_path: Path) -
     assert cache.get(digest) is None
     assert cache.read_range(digest, 0, 10) is None
     assert cache.stats().read_errors == 0
+
+
+def open_fds() -> set[str]:
+    """What this process's descriptors point at (the directory listing's own fd is gone by then)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            found.add(os.readlink(f"/proc/self/fd/{name}"))
+    return found
+
+
+def test_a_page_cached_range_of_an_entry_held_open_is_read_without_blocking(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, memory_bytes=0)
+    digest, data = chunk(1, size=64 * 1024)
+    cache.put(digest, data)
+    assert cache.read_range_nowait(digest, 0, 10) is None  # not open yet: the caller takes a thread
+    assert cache.preload(digest)  # opens it and starts the kernel reading it
+    path = cache.path_for(digest)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.read(fd, len(data))  # now surely in the page cache
+    finally:
+        os.close(fd)
+    assert cache.read_range_nowait(digest, 100, 200) == data[100:200]
+    assert cache.read_range_nowait(digest, len(data) - 5, len(data) + 50) == data[-5:]  # cut short
+    assert cache.read_range_nowait(digest, 0, 10, size=len(data) + 1) is None  # wrong size: read_range judges
+    assert cache.stats().disk_hits == 2
+
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    nowait = cache.read_range_nowait(digest, 0, len(data))
+    assert nowait is None or nowait == data  # evicted pages: None (EAGAIN), never wrong bytes
+
+    os.unlink(path)  # removed by another process (evicted, or found corrupt by `cache verify`)
+    assert cache.read_range_nowait(digest, 0, 10) is None
+    assert str(path) + " (deleted)" not in open_fds()  # its space is freed, not held by us
+    assert cache.read_range(digest, 0, 10) is None  # and the slow path sees the miss
+
+
+def test_descriptors_held_open_are_bounded_and_released(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, max_size=10 * chunk_cache.OPEN_ENTRIES * 1000, memory_bytes=0)
+    chunks = [chunk(i) for i in range(chunk_cache.OPEN_ENTRIES + 8)]
+    before = open_fds()
+    for digest, data in chunks:
+        cache.put(digest, data)
+        assert cache.read_range(digest, 0, 10) == data[:10]  # a disk hit keeps the entry open
+    held = open_fds() - before
+    assert len(held) == chunk_cache.OPEN_ENTRIES
+    assert held == {str(cache.path_for(d)) for d, _ in chunks[-chunk_cache.OPEN_ENTRIES :]}
+
+    # An entry being read when it is retired is closed only after that read.
+    oldest_open = chunks[-chunk_cache.OPEN_ENTRIES][0]
+    borrowed = cache._borrow(oldest_open)
+    assert borrowed is not None
+    cache.close()
+    assert open_fds() - before == {str(cache.path_for(oldest_open))}
+    cache._give_back(borrowed)
+    assert open_fds() - before == set()
+    for digest, data in chunks[:3]:
+        assert cache.read_range(digest, 0, 10) == data[:10]
+
+    cache.prune(0)  # this process's eviction closes what it removes
+    assert open_fds() - before == set()
+    cache.put(*chunks[1])
+    cache.read_range(chunks[1][0], 0, 10)
+    cache.close()
+    assert open_fds() - before == set()
+    assert cache.read_range(chunks[1][0], 0, 10) == chunks[1][1][:10]  # still usable after close
+    cache.close()
 
 
 def test_torn_entry_is_not_served_and_is_rewritten_by_the_next_put(tmp_path: Path, expect_log: ExpectLog) -> None:
