@@ -76,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("push suite")
     g.add_argument(
         "--push-tools",
-        default="ocifs,oras-py,skopeo,curl",
-        help="clients to compare (default ocifs,oras-py,skopeo,curl)",
+        default="ocifs,ocifs-no-file-digest,oras-py,skopeo,curl",
+        help="clients to compare (default ocifs,ocifs-no-file-digest,oras-py,skopeo,curl)",
     )
     g.add_argument(
         "--curl-parallel",
@@ -122,10 +122,12 @@ def _tag() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def ocifs_client(jobs: int | None = None, chunk_size: int | None = None) -> Client:
+def ocifs_client(jobs: int | None = None, chunk_size: int | None = None, file_digest: bool = True) -> Client:
     def push(target: Target, tf: TestFile, work: Path) -> tuple[ProcResult, dict[str, Any]]:
         argv = [sys.executable, "-m", "ocifs", "push", f"{target.host}/bench/ocifs:{_tag()}", str(tf.path)]
         argv += ["--json", "-q"]
+        if not file_digest:
+            argv += ["--no-file-digest"]
         if jobs is not None:
             argv += ["--jobs", str(jobs)]
         if chunk_size is not None:
@@ -412,6 +414,9 @@ def compare_clients(
     clients: list[tuple[Client, str, str]] = []
     if "ocifs" in tools:
         clients.append((ocifs_client(), "ocifs", "default"))
+    if "ocifs-no-file-digest" in tools:
+        # Informative: what the second sha256 pass (the recorded whole-file digest) costs.
+        clients.append((ocifs_client(file_digest=False), "ocifs", "--no-file-digest"))
     if "oras-py" in tools:
         clients.append((oras_client, "oras-py", "default"))
     if "skopeo" in tools:
