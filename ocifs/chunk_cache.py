@@ -94,8 +94,8 @@ RESCAN_INTERVAL = 60.0
 #: written instead of once per chunk.
 LOW_WATER = 0.9
 
-#: Descriptors of recently read entries kept open per cache: a warm read whose bytes are in the
-#: page cache is then one ``preadv(RWF_NOWAIT)`` on the caller's thread instead of a worker
+#: Descriptors of entries recently read by range kept open per cache: a read whose bytes are in
+#: the page cache is then one ``preadv(RWF_NOWAIT)`` on the caller's thread instead of a worker
 #: thread hop plus open/fstat/close (on this kind of VM the hop was ~30 % of a warm read's CPU).
 #: An entry another process evicts stays allocated on disk while held: at most this many
 #: chunks (256 MiB at the default 16 MiB), until the next read of it or it leaves the table.
@@ -245,8 +245,10 @@ class ChunkCache:
         self._read_errors = 0
         # One eviction pass per process at a time; other threads skip rather than queue up.
         self._evict_lock = threading.Lock()
-        # Write entries with O_DIRECT until the filesystem refuses it once (see _write_direct).
+        # Write entries with O_DIRECT until the filesystem refuses it once (see _write_direct),
+        # and read whole entries likewise (see _read_direct).
         self._direct = True
+        self._direct_reads = True
 
         try:
             for directory in (self.root, self._base, self._base / "sha256"):
@@ -319,26 +321,6 @@ class ChunkCache:
         next moment; use this for decisions such as "skip prefetch", never as a guarantee)."""
         return self.in_memory(digest) or os.path.isfile(self.path_for(digest))
 
-    def preload(self, digest: Digest) -> bool:
-        """Whether ``digest`` is on disk; if so, ask the kernel to start reading it into the
-        page cache (``POSIX_FADV_WILLNEED``, asynchronous), so the reads that follow do not
-        wait on the disk one by one, and keep it open for :meth:`read_range_nowait`. Entries
-        are written around the page cache (O_DIRECT), so a warm read starts from disk. Never
-        raises; a miss is not counted. Blocking (the open)."""
-        try:
-            fd = os.open(self.path_for(digest), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            self._touch(fd, st)
-        except OSError:
-            os.close(fd)
-            return True  # it is there; the read will say what is wrong with it
-        self._keep_open(digest, fd, st.st_size)
-        return True
-
     def get(self, digest: Digest, *, size: int | None = None) -> bytes | None:
         """The chunk's bytes from memory, else from disk, else ``None`` (a miss).
 
@@ -362,6 +344,8 @@ class ChunkCache:
 
     def get_disk(self, digest: Digest, *, size: int | None = None, remember: bool = True) -> bytes | None:
         """The chunk's bytes read from disk, or ``None`` (miss, evicted, unreadable, wrong size).
+        Entries of :data:`DIRECT_WRITE_MIN` or more are read around the page cache
+        (:func:`_read_direct`): the caller keeps the bytes, a page-cache copy would be a second.
 
         A hit refreshes the entry's mtime (its LRU recency, at most every
         :data:`TOUCH_INTERVAL`) and, with ``remember``, puts it in the memory tier. Blocking.
@@ -373,7 +357,13 @@ class ChunkCache:
             st = os.fstat(fd)
             if not self._size_ok(digest, st.st_size, size):
                 return None
-            data = _pread_all(fd, st.st_size, 0)
+            data = None
+            if self._direct_reads and st.st_size >= DIRECT_WRITE_MIN:
+                data = _read_direct(fd, st.st_size)
+                if data is None:
+                    self._direct_reads = False
+            if data is None:
+                data = _pread_all(fd, st.st_size, 0)
             self._touch(fd, st)
         except OSError as exc:
             self._read_failed(exc)
@@ -427,7 +417,8 @@ class ChunkCache:
         return piece
 
     def read_range_nowait(self, digest: Digest, start: int, end: int, *, size: int | None = None) -> memoryview | None:
-        """Bytes ``[start, end)`` of a disk entry this cache holds open (see :meth:`preload`),
+        """Bytes ``[start, end)`` of a disk entry this cache holds open (after a
+        :meth:`read_range` of it),
         only if the kernel has them all in its page cache; else ``None`` at once — the caller
         then goes to :meth:`read_range` in a worker thread, which also answers misses and
         reports errors. Never blocks on the disk (``RWF_NOWAIT``), so async code may call it
@@ -985,9 +976,47 @@ def _write_direct(fd: int, data: bytes) -> bool:
     return True
 
 
+def _read_direct(fd: int, size: int) -> bytes | None:
+    """The ``size`` bytes of the entry ``fd`` read around the page cache (``O_DIRECT``) into a
+    pooled aligned buffer, then copied into one ``bytes``; ``None`` if the filesystem refuses
+    direct I/O (the caller reads normally and stops trying). Short only if the file is.
+
+    Why: a whole-entry read is for a caller that keeps the chunk in memory (the memory tier, a
+    pull writing it out). Read through the page cache it would also fill 16 MiB of new page
+    cache per chunk, evicting other data, and on this VM new pages are what made warm reads
+    slow and erratic (../docs/benchmarks.md: a remount's 4 GiB read ran at 348–769 MB/s with up
+    to 3.3 CPU-s per GiB before, 969–1,100 MB/s at 0.8–0.9 after). Not tried first: a
+    ``RWF_NOWAIT`` read to take the bytes from the page cache when they happen to be there —
+    on a miss it starts readahead into the page cache, which halved that read's speed.
+    """
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:
+        return None
+    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    try:
+        with _buffers.get(padded) as buffer, memoryview(buffer) as whole, whole[:padded] as view:
+            got = 0
+            while got < size:
+                # Reads stay block-aligned: O_DIRECT returns short only at the end of the file.
+                n = os.preadv(fd, [view[got:]], got)
+                if n <= 0:
+                    break
+                got += n
+            return bytes(view[: min(got, size)])
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return None  # accepted the flag but refuses the I/O (some network and FUSE filesystems)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
 class _BufferPool:
-    """Page-aligned buffers for O_DIRECT writes, shared by all threads: as many exist as writes
-    ever ran at once (two with the fetcher's write-behind), each as large as the largest chunk."""
+    """Page-aligned buffers for O_DIRECT writes and reads, shared by all threads: as many exist
+    as direct I/Os ever ran at once (two writes with the fetcher's write-behind, plus the
+    whole-entry reads in flight), each as large as the largest chunk."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -360,18 +360,34 @@ def setup_logging(debug: bool) -> None:
 
 
 #: glibc's ``mallopt`` parameter number for the arena count (malloc.h: ``M_ARENA_MAX``).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
+#: Blocks below this come from the heap, where freed ones are reused: a chunk (16 MiB by
+#: default, up to 64 MiB with --chunk-size) is then not a fresh mmap whose every page faults.
+_MMAP_THRESHOLD = 64 * 1024 * 1024
+#: Free heap memory kept rather than returned to the kernel (the memory tier and read-ahead
+#: budget churn through about this much).
+_TRIM_THRESHOLD = 256 * 1024 * 1024
 
 
-def limit_malloc_arenas() -> None:
-    """Keep glibc's heap to one arena. Chunks are 16 MiB ``bytes`` allocated in worker threads
-    (pread, HTTP bodies) and freed in others; with an arena per thread each arena keeps its
-    own freed blocks, and a push of 1 GiB peaked at 350–450 MiB RSS instead of 185–200
-    (measured; speed and CPU unchanged, the GIL serialises most allocations anyway). Ignored
-    where the C library is not glibc."""
+def tune_malloc() -> None:
+    """Tune glibc's allocator for a process that allocates and frees 16 MiB buffers in a loop.
+
+    - One arena. Chunks are allocated in worker threads (pread, HTTP bodies) and freed in
+      others; with an arena per thread each arena keeps its own freed blocks, and a push of
+      1 GiB peaked at 350–450 MiB RSS instead of 185–200 (measured; speed and CPU unchanged).
+    - A fixed mmap threshold of 64 MiB and a trim threshold of 256 MiB, so freed chunks are
+      reused instead of unmapped and mapped again: on this VM a fresh page costs a fault plus
+      host work, and a warm 4 GiB read through the mount spent 0.65–0.9 instead of 0.86–0.99
+      CPU-s per GiB (cold: 2.0 instead of 2.1), at about the same peak RSS (479 vs 494 MiB).
+
+    Ignored where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_ARENA_MAX, 1)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
@@ -421,7 +437,7 @@ FD_TEXT = (errno.ENFILE, errno.EMFILE)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ocifs`` command. Returns the exit status."""
     raise_open_file_limit()  # before anything opens a descriptor; the mount daemon forks from here
-    limit_malloc_arenas()  # before any thread starts
+    tune_malloc()  # before any thread starts
     parser = build_parser()
     args = parser.parse_args(_with_mount_command(sys.argv[1:] if argv is None else argv))
     setup_logging(args.debug)

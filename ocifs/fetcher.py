@@ -248,13 +248,16 @@ class Fetcher:
         return _view(await self.get(repository, digest, size), start, end)
 
     async def prefetch(self, repository: str, digest: Digest, size: int | None = None) -> None:
-        """Make sure ``digest`` is cached, without returning it: returns at once if it is in
-        memory, starts the kernel reading it if it is on disk (read-ahead of a warm file), else
-        fetches it as :meth:`get` would (joining a flight in progress). Errors propagate; the
-        caller (a read-ahead task) decides whether they matter."""
+        """Make sure ``digest`` is in memory, without returning it: returns at once if it is
+        there, else loads it as :meth:`get` would — from the disk cache (read whole, around
+        the page cache) or the registry — joining a flight in progress. A chunk the memory
+        tier cannot hold is only made sure to be on disk. Errors propagate; the caller (a
+        read-ahead task) decides whether they matter."""
         if digest in self._pending or self.cache.in_memory(digest):
             return
-        if digest not in self._flights and await trio.to_thread.run_sync(self.cache.preload, digest):
+        # A chunk the memory tier could not keep is not read from disk now: it would be wasted.
+        unkeepable = size is None or size > self.cache.memory_bytes
+        if unkeepable and digest not in self._flights and await trio.to_thread.run_sync(self.cache.contains, digest):
             return
         await self.get(repository, digest, size)
 

@@ -227,7 +227,7 @@ def test_a_page_cached_range_of_an_entry_held_open_is_read_without_blocking(tmp_
     digest, data = chunk(1, size=64 * 1024)
     cache.put(digest, data)
     assert cache.read_range_nowait(digest, 0, 10) is None  # not open yet: the caller takes a thread
-    assert cache.preload(digest)  # opens it and starts the kernel reading it
+    assert cache.read_range(digest, 0, 10) == data[:10]  # a worker thread's read keeps it open
     path = cache.path_for(digest)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -237,7 +237,7 @@ def test_a_page_cached_range_of_an_entry_held_open_is_read_without_blocking(tmp_
     assert cache.read_range_nowait(digest, 100, 200) == data[100:200]
     assert cache.read_range_nowait(digest, len(data) - 5, len(data) + 50) == data[-5:]  # cut short
     assert cache.read_range_nowait(digest, 0, 10, size=len(data) + 1) is None  # wrong size: read_range judges
-    assert cache.stats().disk_hits == 2
+    assert cache.stats().disk_hits == 3
 
     fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -528,7 +528,7 @@ def test_large_entries_are_written_exactly_with_or_without_direct_io(tmp_path: P
             cache = ChunkCache(root / "cache", memory_bytes=0)
             assert cache.put(digest, data)
             assert cache.path_for(digest).read_bytes() == data
-            assert cache.get_disk(digest, size=size) == data
+            assert cache.get_disk(digest, size=size) == data  # read back whole, also with O_DIRECT
             assert stat.S_IMODE(cache.path_for(digest).stat().st_mode) == 0o600
         finally:
             if str(root).startswith("/dev/shm/"):
@@ -551,4 +551,6 @@ def test_a_filesystem_refusing_direct_io_falls_back_to_normal_writes(
     for data in blobs:
         assert cache.put(Digest.of_bytes(data), data)
         assert cache.path_for(Digest.of_bytes(data)).read_bytes() == data
+        assert cache.get_disk(Digest.of_bytes(data), size=len(data)) == data
     assert cache._direct is False  # tried once, then not again
+    assert cache._direct_reads is False

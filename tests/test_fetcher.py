@@ -317,6 +317,20 @@ async def test_prefetch_fills_the_cache_once(tmp_path: Path, autojump_clock: tri
     assert ChunkCache(tmp_path).get(digest) == data
 
 
+async def test_prefetch_of_a_chunk_on_disk_loads_it_into_memory(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    digest, data = blob(1)
+    ChunkCache(tmp_path, memory_bytes=0).put(digest, data)  # cached earlier, e.g. by a pull
+    source = FakeSource((digest, data))
+    cache = ChunkCache(tmp_path)
+    fetcher = Fetcher(source, cache)
+    await fetcher.prefetch(REPO, digest, len(data))
+    assert cache.in_memory(digest) and fetcher.stats().disk_hits == 1
+    assert await fetcher.read(REPO, digest, len(data), 10, 20) == data[10:20]  # served from memory
+    assert source.calls[digest] == 0 and fetcher.stats().disk_hits == 1
+
+
 async def test_size_that_contradicts_the_digest_is_a_format_error(
     cache: ChunkCache, autojump_clock: trio.testing.MockClock
 ) -> None:
