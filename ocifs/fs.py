@@ -44,11 +44,11 @@ from typing import Any, TypeVar
 
 import trio
 
-from ocifs import index
+from ocifs import index, safetensors_layout
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, NotFound, OcifsError
 from ocifs.fetcher import Fetcher
-from ocifs.prefetch import Prefetcher, Stream, Units
+from ocifs.prefetch import Prefetcher, PrefetchMode, Stream, Units
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,8 @@ class FileSystem:
         self._handles: dict[int, _OpenFile] = {}
         self._next_handle = 1
         self._chunked: dict[int, _ChunkedState] = {}
+        # Read-ahead hints per file (record ends, see _learn_boundaries); None: tried, none.
+        self._boundaries: dict[int, tuple[int, ...] | None] = {}
         self._plain: dict[int, _PlainBlob] = {}
         self._pieces = _PieceCache(PIECE_CACHE_BYTES)
         self._stats = FsStats()
@@ -382,14 +384,58 @@ class FileSystem:
             raise NotFound(f"no open file handle {handle}")
         if open_file.stream is not None:
             open_file.stream.on_read(offset, size)
-        return await self.read(open_file.inode, offset, size)
+        data = await self.read(open_file.inode, offset, size)
+        if offset == 0 and open_file.stream is not None and open_file.inode not in self._boundaries:
+            await self._learn_boundaries(open_file.inode, data)
+        return data
+
+    async def _learn_boundaries(self, inode: int, first: bytes | memoryview) -> None:
+        """On the first read of a file's start, find where its records end (safetensors: the
+        header and each tensor) and give the file's read-ahead streams those boundaries, so
+        loading one tensor fetches nothing after it (docs/benchmarks.md: 176 MiB instead of
+        112 for a 64 MiB tensor). ``first`` is that read's data; the rest of a longer header
+        is read here. Hints only: anything unreadable or malformed means no hints, silently
+        (the reader's own reads report real failures)."""
+        self._boundaries[inode] = None  # one attempt per file, also with concurrent readers
+        f = self.node(inode).file
+        if (
+            f is None
+            or self.prefetcher is None
+            or self.prefetcher.mode is not PrefetchMode.AUTO
+            or not safetensors_layout.applies_to(self.path_of(inode))
+        ):
+            return
+        end = safetensors_layout.header_end(first)
+        if end is None or end > f.size:
+            return
+        head = first
+        if len(head) < end:
+            try:
+                head = await self._read_range(inode, f, 0, end)
+            except OcifsError:
+                return
+        if end <= PARSE_IN_THREAD_ABOVE:
+            hints = safetensors_layout.boundaries(head, f.size)
+        else:
+            hints = await trio.to_thread.run_sync(safetensors_layout.boundaries, bytes(head), f.size)
+        if not hints:
+            log.debug("%s: no read-ahead hints from its safetensors header", self.path_of(inode))
+            return
+        self._boundaries[inode] = hints
+        for open_file in self._handles.values():
+            if open_file.inode == inode and open_file.stream is not None:
+                open_file.stream.set_boundaries(hints)
+        log.debug("%s: read-ahead stops at the end of each of its %d records", self.path_of(inode), len(hints))
 
     def _open_stream(self, inode: int, f: index.File) -> Stream | None:
         assert self.prefetcher is not None
         if isinstance(f, index.ChunkedFile):
             units = Units.from_sizes([c.size for c in f.chunks])
             fetch: Callable[[int], Awaitable[None]] = functools.partial(self._prefetch_chunk, inode)
-            return self.prefetcher.open_stream(inode, units, fetch)
+            stream = self.prefetcher.open_stream(inode, units, fetch)
+            if hints := self._boundaries.get(inode):
+                stream.set_boundaries(hints)
+            return stream
         if f.size == 0:
             return None
         if f.size <= PLAIN_WHOLE_MAX:
@@ -414,23 +460,25 @@ class FileSystem:
         f = node.file
         if f is None:
             raise IsADirectory(f"{self.path_of(inode)} is a directory")
-        data: bytes | memoryview
         try:
-            if offset >= f.size or size == 0:
-                data = b""
-            elif isinstance(f, index.ChunkedFile):
-                data = await self._read_chunked(inode, f, offset, size)
-            elif f.size <= PLAIN_WHOLE_MAX:
-                end = min(offset + size, f.size)
-                data = await self.fetcher.read(self.repository, f.digest, f.size, offset, end)
-            else:
-                data = await self._read_plain_range(self._plain_blob(inode, f), offset, size)
+            data = await self._read_range(inode, f, offset, size)
         except OcifsError:
             self._stats.read_errors += 1
             raise
         self._stats.reads += 1
         self._stats.bytes_read += len(data)
         return data
+
+    async def _read_range(self, inode: int, f: index.File, offset: int, size: int) -> bytes | memoryview:
+        """:meth:`read` of file ``f`` (node ``inode``) without counting it as a reader's read."""
+        if offset >= f.size or size == 0:
+            return b""
+        if isinstance(f, index.ChunkedFile):
+            return await self._read_chunked(inode, f, offset, size)
+        if f.size <= PLAIN_WHOLE_MAX:
+            end = min(offset + size, f.size)
+            return await self.fetcher.read(self.repository, f.digest, f.size, offset, end)
+        return await self._read_plain_range(self._plain_blob(inode, f), offset, size)
 
     async def chunk_index(self, inode: int) -> index.ChunkIndex:
         """The validated chunk index of chunked file ``inode``, fetched on first use.

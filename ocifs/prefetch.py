@@ -19,6 +19,10 @@ Invariants:
 - **A failed prefetch is not an error.** It is counted and logged at INFO; the demand read
   that needs the unit fetches it again and reports the failure to its caller.
 
+A stream may be told where the file's records end (:meth:`Stream.set_boundaries`; the
+filesystem does so for safetensors files): a run then reads ahead only to the end of the
+record it started in until the reader goes on past it.
+
 The sequential detector tolerates what the kernel sends: up to ~99 read requests of one file
 are handled concurrently by pyfuse3 and arrive slightly out of order, and the kernel issues a
 readahead window's requests at once. A read counts as sequential when it starts within
@@ -340,7 +344,20 @@ class Stream:
         self._run_reads = 0
         self._grown_at = 0  # frontier when the window last doubled (or the run started)
         self._scheduled_to = 0  # units below this number are queued (or were) in this run
+        self._boundaries: tuple[int, ...] = ()  # record ends (e.g. tensors), if the file has them
+        self._run_start = 0
+        self._cap: int | None = None  # read-ahead stops here while the run stays in one record
         self.closed = False
+
+    def set_boundaries(self, ends: Sequence[int]) -> None:
+        """Tell the stream where the file's records end (sorted offsets, e.g. every tensor's
+        end in a safetensors file). A run then reads ahead no further than the end of the
+        record it started in (see :meth:`_run_cap`), until it goes more than the tolerance past
+        that end — a loader reading one tensor fetches no chunk after it, one reading them all
+        in order stalls once, at the first boundary."""
+        self._boundaries = tuple(ends)
+        if self.frontier >= 0:
+            self._cap = self._run_cap(self._run_start)
 
     def on_read(self, offset: int, size: int) -> None:
         """Account for a read of ``[offset, offset + size)`` and queue read-ahead if sequential."""
@@ -372,8 +389,18 @@ class Stream:
         """The file was released: queue nothing more (prefetches under way complete)."""
         self.closed = True
 
+    def _run_cap(self, start: int) -> int | None:
+        """Where read-ahead stops for a run starting at ``start``: the first record boundary
+        more than the tolerance after it (``None``: no boundaries known). The tolerance skips
+        a boundary just after the start: the kernel reads around a page fault, so a loader
+        touching a tensor's first page starts the run up to 2 MiB before the tensor."""
+        i = bisect_right(self._boundaries, start + self._owner.tolerance)
+        return self._boundaries[i] if i < len(self._boundaries) else None
+
     def _start_run(self, offset: int, end: int) -> None:
         self.frontier = end
+        self._run_start = offset
+        self._cap = self._run_cap(offset)
         self._run_reads = 1
         self.window = min(self._owner.initial_window, self.max_window)
         self._grown_at = end
@@ -384,6 +411,11 @@ class Stream:
         units = self.units
         current = units.unit_at(self.frontier - 1)
         horizon = self.frontier + self.window
+        if self._cap is not None:
+            if self.frontier > self._cap + self._owner.tolerance:
+                self._cap = None  # the reader went on into the next records: a sequential load
+            else:
+                horizon = min(horizon, self._cap)
         n = max(self._scheduled_to, current + 1)
         while n < len(units) and units.start(n) < horizon:
             self._owner._schedule(self.key, n, units, self._fetch)

@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "ocifs.reference": 0,
     "ocifs.config": 0,
     "ocifs.index": 1,
+    "ocifs.safetensors_layout": 1,
     "ocifs.registry": 2,
     "ocifs.chunk_cache": 3,
     "ocifs.fetcher": 3,

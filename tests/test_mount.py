@@ -372,6 +372,32 @@ def test_safetensors_reads_one_tensor_fetching_a_small_fraction(
     assert fetched / size < 0.2
 
 
+def test_loading_one_large_tensor_reads_ahead_no_further_than_its_end(
+    mounts: Mounter, shm_registry: RegistryServer, tmp_path: Path
+) -> None:
+    """With large tensors the read-ahead window outgrows a chunk; the safetensors header's
+    boundaries stop it at the tensor's end (it fetched ~2 chunks more without them)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = numpy.random.default_rng(4)
+    per_tensor = 32 * MiB // 4
+    tensors = {f"t{i:02d}": rng.standard_normal(per_tensor, dtype=numpy.float32) for i in range(12)}
+    source = tmp_path / "src"
+    source.mkdir()
+    save_file(tensors, str(source / "model.safetensors"))  # 384 MiB: 24 chunks of 16 MiB
+    ref = push(shm_registry, "mount/tensors:v1", source)
+    mount = mounts(ref)
+    with safe_open(str(mount.path / "model.safetensors"), framework="numpy") as f:
+        assert numpy.array_equal(f.get_tensor("t06"), tensors["t06"])
+    time.sleep(0.5)
+    stats = mount.stats()
+    # The header's chunk, the tensor's 3 chunks (it starts just after a chunk boundary), one
+    # more before it (the kernel reads around the first page fault), and the chunk index.
+    assert stats["fetch"]["bytes_downloaded"] <= 5 * 16 * MiB + 64 * 1024, stats["fetch"]
+    assert stats["fetch"]["bytes_downloaded"] >= 4 * 16 * MiB
+
+
 def test_writes_are_refused_read_only(mounts: Mounter, matrix: Pushed) -> None:
     mount = mounts(matrix.ref)
     for attempt in (

@@ -166,6 +166,45 @@ async def test_far_seek_resets_the_window(nursery: trio.Nursery, autojump_clock:
     assert fetch.started and min(fetch.started) == 201 and max(fetch.started) <= 203
 
 
+async def test_record_boundaries_keep_read_ahead_inside_one_tensor(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A 64 MiB tensor from byte 5 chunks + 100 in: loading it alone must not pull in the chunks
+    # after it, however far the window has grown; the run starts 2 MiB early, as the kernel's
+    # read-around of a page fault does.
+    units = Units.fixed(16 * CHUNK, CHUNK)
+    fetch = FakeFetch(units, delay=0)
+    stream = Prefetcher(nursery).open_stream("model.safetensors", units, fetch)
+    tensor_start, tensor_end = 5 * CHUNK + 100, 9 * CHUNK + 100
+    stream.set_boundaries([100, tensor_start, tensor_end, 13 * CHUNK + 100, 16 * CHUNK])
+    for offset, size in sequential(tensor_end - (tensor_start - 2 * MiB), MiB):
+        stream.on_read(tensor_start - 2 * MiB + offset, size)
+        await trio.sleep(0.01)
+    stream.on_read(tensor_end, 2 * MiB)  # read-around past the end, within the tolerance
+    await trio.sleep(1)
+    assert max(fetch.started) == units.unit_at(tensor_end - 1) == 9  # the tensor's last chunk
+
+    # A reader that goes on past the tensor (loading them all in order) gets read-ahead again.
+    for offset in range(tensor_end, tensor_end + 12 * MiB, MiB):
+        stream.on_read(offset, MiB)
+    await trio.sleep(1)
+    assert max(fetch.started) > 10
+
+
+async def test_boundaries_learnt_during_a_run_apply_to_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    units = Units.fixed(16 * CHUNK, CHUNK)
+    fetch = FakeFetch(units, delay=0)
+    stream = Prefetcher(nursery).open_stream("model.safetensors", units, fetch)
+    stream.on_read(CHUNK, MiB)
+    stream.set_boundaries([3 * CHUNK])
+    for offset in range(CHUNK + MiB, 3 * CHUNK, MiB):
+        stream.on_read(offset, MiB)
+    await trio.sleep(1)
+    assert sorted(set(fetch.started)) == [2]
+
+
 async def test_global_budget_caps_prefetch_bytes_across_files(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
