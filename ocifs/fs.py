@@ -428,14 +428,17 @@ class FileSystem:
         log.debug("%s: read-ahead stops at the end of each of its %d records", self.path_of(inode), len(hints))
 
     def _open_stream(self, inode: int, f: index.File) -> Stream | None:
+        stream = self._new_stream(inode, f)
+        if stream is not None and (hints := self._boundaries.get(inode)):
+            stream.set_boundaries(hints)
+        return stream
+
+    def _new_stream(self, inode: int, f: index.File) -> Stream | None:
         assert self.prefetcher is not None
         if isinstance(f, index.ChunkedFile):
             units = Units.from_sizes([c.size for c in f.chunks])
             fetch: Callable[[int], Awaitable[None]] = functools.partial(self._prefetch_chunk, inode)
-            stream = self.prefetcher.open_stream(inode, units, fetch)
-            if hints := self._boundaries.get(inode):
-                stream.set_boundaries(hints)
-            return stream
+            return self.prefetcher.open_stream(inode, units, fetch)
         if f.size == 0:
             return None
         if f.size <= PLAIN_WHOLE_MAX:
