@@ -457,8 +457,11 @@ class ChunkCache:
 
     def __del__(self) -> None:
         # A cache dropped without close() must not leak its descriptors (tests, library use).
-        with contextlib.suppress(Exception):
+        # No context managers here: at interpreter exit module globals may already be gone.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:  # a finaliser must never raise
+            pass
 
     # ------------------------------------------------------------------ insertion
 
