@@ -385,8 +385,12 @@ class FileSystem:
         if open_file.stream is not None:
             open_file.stream.on_read(offset, size)
         data = await self.read(open_file.inode, offset, size)
-        if offset == 0 and open_file.stream is not None and open_file.inode not in self._boundaries:
-            await self._learn_boundaries(open_file.inode, data)
+        inode = open_file.inode
+        if offset == 0 and open_file.stream is not None and inode not in self._boundaries:
+            assert self.prefetcher is not None  # streams come from it
+            self._boundaries[inode] = None  # one attempt per file, also with concurrent readers
+            learn = functools.partial(self._learn_boundaries, inode, data)
+            self.prefetcher.background(learn, f"reading the read-ahead hints of {self.path_of(inode)}")
         return data
 
     async def _learn_boundaries(self, inode: int, first: bytes | memoryview) -> None:
@@ -394,9 +398,9 @@ class FileSystem:
         header and each tensor) and give the file's read-ahead streams those boundaries, so
         loading one tensor fetches nothing after it (docs/benchmarks.md: 176 MiB instead of
         112 for a 64 MiB tensor). ``first`` is that read's data; the rest of a longer header
-        is read here. Hints only: anything unreadable or malformed means no hints, silently
-        (the reader's own reads report real failures)."""
-        self._boundaries[inode] = None  # one attempt per file, also with concurrent readers
+        is read here. Runs in the background (it may need a read of its own, and a reply must
+        not wait for hints). Hints only: anything unreadable or malformed means no hints,
+        silently (the reader's own reads report real failures)."""
         f = self.node(inode).file
         if (
             f is None

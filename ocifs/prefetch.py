@@ -267,6 +267,20 @@ class Prefetcher:
         window = self.max_window if max_window is None else max(1, min(max_window, self.max_window))
         return Stream(self, key, units, fetch, window)
 
+    def background(self, task: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``task`` (best-effort work that informs read-ahead, e.g. parsing a file's
+        header for hints) in the daemon's nursery, so it never delays a reply. A failure is
+        logged and contained, like a failed prefetch."""
+        self._nursery.start_soon(self._contained, task, what)
+
+    async def _contained(self, task: Callable[[], Awaitable[None]], what: str) -> None:
+        try:
+            await task()
+        except OcifsError as exc:
+            log.info("%s failed: %s", what, exc)
+        except Exception:
+            log.exception("%s failed unexpectedly", what)
+
     def whole(self, key: Hashable, units: Units, fetch: FetchUnit) -> None:
         """Queue every unit of the file, in order, unless that is already under way for ``key``."""
         if key in self._whole or len(units) == 0:

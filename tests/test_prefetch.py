@@ -336,3 +336,27 @@ async def test_closed_stream_queues_nothing_more(nursery: trio.Nursery, autojump
         stream.on_read(offset, size)
     await trio.sleep(1)
     assert fetch.started == []
+
+
+async def test_background_work_never_takes_the_mount_down(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, expect_log: ExpectLog
+) -> None:
+    prefetcher = Prefetcher(nursery)
+    done: list[str] = []
+
+    async def unavailable() -> None:
+        raise RegistryUnavailable("registry.test: 503", status=503)
+
+    async def buggy() -> None:
+        raise RuntimeError("a bug")
+
+    async def fine() -> None:
+        await trio.sleep(0.1)
+        done.append("fine")
+
+    with expect_log(r"hints of b failed unexpectedly", level=logging.ERROR, count=1):
+        prefetcher.background(unavailable, "hints of a")
+        prefetcher.background(buggy, "hints of b")
+        prefetcher.background(fine, "hints of c")
+        await trio.sleep(1)
+    assert done == ["fine"]
