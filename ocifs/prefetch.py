@@ -81,7 +81,8 @@ MIN_SEQUENTIAL_READS = 2
 class PrefetchMode(enum.Enum):
     """``--prefetch``: ``auto`` reads ahead of sequential readers; ``whole`` fetches a file
     entirely when it is opened (for mmap-based loaders such as safetensors, whose page faults
-    look random); ``off`` fetches only what is read."""
+    look random) and also reads ahead of sequential readers, whose chunks may have left memory
+    by the time they get there; ``off`` fetches only what is read."""
 
     AUTO = "auto"
     WHOLE = "whole"
@@ -376,7 +377,7 @@ class Stream:
     def on_read(self, offset: int, size: int) -> None:
         """Account for a read of ``[offset, offset + size)`` and queue read-ahead if sequential."""
         owner = self._owner
-        if self.closed or owner.mode is not PrefetchMode.AUTO or size <= 0 or len(self.units) == 0:
+        if self.closed or owner.mode is PrefetchMode.OFF or size <= 0 or len(self.units) == 0:
             return
         end = min(offset + size, self.units.size)
         if offset >= self.units.size:

@@ -272,13 +272,30 @@ async def test_whole_mode_fetches_every_unit_in_order_once(
     prefetcher = Prefetcher(nursery, mode=PrefetchMode.WHOLE, budget_bytes=4 * CHUNK)
     stream = prefetcher.open_stream("model.safetensors", units, fetch)
     prefetcher.open_stream("model.safetensors", units, fetch)  # opened twice: one whole fetch
-    stream.on_read(0, MiB)  # whole mode does not also read ahead
+    stream.on_read(0, MiB)  # one read is not a sequential run: nothing extra is queued
     await trio.sleep(60)
     assert sorted(fetch.started) == list(range(len(units)))
     # In file order, give or take trio's shuffling of tasks that become runnable together.
     assert sorted(fetch.started[:4]) == [0, 1, 2, 3]
     assert fetch.peak_bytes <= 4 * CHUNK
     assert prefetcher.stats().whole_files == 1
+
+
+async def test_whole_mode_still_reads_ahead_of_a_sequential_reader(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The whole-file fetch runs in file order; a reader going through the file sequentially
+    # elsewhere (or behind it, after its chunks left memory) gets its own window too.
+    units = Units.fixed(40 * CHUNK, CHUNK)
+    fetch = FakeFetch(units, delay=10)
+    prefetcher = Prefetcher(nursery, mode=PrefetchMode.WHOLE, budget_bytes=4 * CHUNK)
+    stream = prefetcher.open_stream("model.bin", units, fetch)
+    await trio.sleep(1)
+    for offset in range(30 * CHUNK, 30 * CHUNK + 12 * MiB, MiB):
+        stream.on_read(offset, MiB)
+    await trio.sleep(14)  # the first 4 whole-file units finished at 10 s; the budget is FIFO
+    assert 31 in fetch.started  # long before the whole-file fetch gets there
+    assert max(n for n in fetch.started if n < 30) < 8
 
 
 async def test_off_mode_fetches_nothing(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
