@@ -418,12 +418,12 @@ class ChunkCache:
 
     def read_range_nowait(self, digest: Digest, start: int, end: int, *, size: int | None = None) -> memoryview | None:
         """Bytes ``[start, end)`` of a disk entry this cache holds open (after a
-        :meth:`read_range` of it),
-        only if the kernel has them all in its page cache; else ``None`` at once — the caller
-        then goes to :meth:`read_range` in a worker thread, which also answers misses and
-        reports errors. Never blocks on the disk (``RWF_NOWAIT``), so async code may call it
-        directly. An entry unlinked meanwhile (evicted, or removed as corrupt by ``cache
-        verify``) is dropped rather than read. Counts a disk hit when it answers.
+        :meth:`read_range` of it), only if the kernel has them all in its page cache; else
+        ``None`` at once — the caller then goes to :meth:`read_range` in a worker thread,
+        which also answers misses and reports errors. Never blocks on the disk
+        (``RWF_NOWAIT``), so async code may call it directly. An entry unlinked meanwhile
+        (evicted, or removed as corrupt by ``cache verify``) is dropped rather than read.
+        Counts a disk hit when it answers.
         """
         if not 0 <= start <= end:
             raise ValueError(f"bad range [{start}, {end})")
@@ -953,28 +953,23 @@ def _write_direct(fd: int, data: bytes) -> bool:
     pool shared by the writing threads.
     """
     aligned = len(data) - len(data) % DIRECT_ALIGN
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-    except OSError:
-        _write_all(fd, data)
-        return False
-    try:
-        with _buffers.get(aligned) as buffer, memoryview(buffer) as whole, whole[:aligned] as view:
-            view[:] = memoryview(data)[:aligned]
-            done = 0
-            while done < aligned:
-                done += os.write(fd, view[done:])
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        # Accepted the flag but refuses the I/O (some network and FUSE filesystems): start over.
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    with _direct_io(fd) as direct:
+        if direct:
+            try:
+                with _buffers.get(aligned) as buffer, memoryview(buffer) as whole, whole[:aligned] as view:
+                    view[:] = memoryview(data)[:aligned]
+                    done = 0
+                    while done < aligned:
+                        done += os.write(fd, view[done:])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                direct = False  # accepted the flag but refuses the I/O (some network and FUSE filesystems)
+    if not direct:  # start over, normally
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         _write_all(fd, data)
         return False
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     _write_all(fd, memoryview(data)[aligned:])
     return True
 
@@ -992,26 +987,38 @@ def _read_direct(fd: int, size: int) -> bytes | None:
     ``RWF_NOWAIT`` read to take the bytes from the page cache when they happen to be there —
     on a miss it starts readahead into the page cache, which halved that read's speed.
     """
+    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    with _direct_io(fd) as direct:
+        if not direct:
+            return None
+        try:
+            with _buffers.get(padded) as buffer, memoryview(buffer) as whole, whole[:padded] as view:
+                got = 0
+                while got < size:
+                    # Reads stay block-aligned: O_DIRECT returns short only at the end of the file.
+                    n = os.preadv(fd, [view[got:]], got)
+                    if n <= 0:
+                        break
+                    got += n
+                return bytes(view[: min(got, size)])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return None  # accepted the flag but refuses the I/O (some network and FUSE filesystems)
+
+
+@contextmanager
+def _direct_io(fd: int) -> Iterator[bool]:
+    """``O_DIRECT`` on ``fd`` for the block, its flags restored after; yields ``False`` (and
+    changes nothing) if the filesystem refuses the flag."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
     except OSError:
-        return None
-    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+        yield False
+        return
     try:
-        with _buffers.get(padded) as buffer, memoryview(buffer) as whole, whole[:padded] as view:
-            got = 0
-            while got < size:
-                # Reads stay block-aligned: O_DIRECT returns short only at the end of the file.
-                n = os.preadv(fd, [view[got:]], got)
-                if n <= 0:
-                    break
-                got += n
-            return bytes(view[: min(got, size)])
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        return None  # accepted the flag but refuses the I/O (some network and FUSE filesystems)
+        yield True
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 

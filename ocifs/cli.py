@@ -359,7 +359,8 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-#: glibc's ``mallopt`` parameter number for the arena count (malloc.h: ``M_ARENA_MAX``).
+#: glibc's ``mallopt`` parameter numbers (malloc.h: ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``,
+#: ``M_ARENA_MAX``).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8

@@ -554,3 +554,33 @@ def test_a_filesystem_refusing_direct_io_falls_back_to_normal_writes(
         assert cache.get_disk(Digest.of_bytes(data), size=len(data)) == data
     assert cache._direct is False  # tried once, then not again
     assert cache._direct_reads is False
+
+
+def test_a_filesystem_accepting_the_flag_but_refusing_direct_io_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE filesystems take O_DIRECT and then fail the I/O with EINVAL:
+    the entry is rewritten (or read) normally and direct I/O is not tried again."""
+    cache = ChunkCache(tmp_path / "cache", memory_bytes=0)
+    real_write, real_preadv = os.write, os.preadv
+
+    def direct(fd: int) -> bool:
+        return bool(chunk_cache.fcntl.fcntl(fd, chunk_cache.fcntl.F_GETFL) & os.O_DIRECT)
+
+    def refusing_write(fd: int, data: Any) -> int:
+        if direct(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    def refusing_preadv(fd: int, buffers: Any, offset: int, *flags: int) -> int:
+        if direct(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset, *flags)
+
+    data = random.Random(5).randbytes(3 * 1024 * 1024 + 7)
+    digest = Digest.of_bytes(data)
+    monkeypatch.setattr(chunk_cache.os, "write", refusing_write)
+    assert cache.put(digest, data)
+    assert cache.path_for(digest).read_bytes() == data and cache._direct is False
+    monkeypatch.setattr(chunk_cache.os, "preadv", refusing_preadv)
+    assert cache.get_disk(digest, size=len(data)) == data and cache._direct_reads is False
