@@ -1,9 +1,12 @@
 """Malicious and broken artifacts, end to end: pushed to the real registry by hand, then read with
-``ocifs inspect`` and ``ocifs pull`` in subprocesses.
+``ocifs inspect``, ``ocifs pull`` and ``ocifs mount`` in subprocesses.
 
 Every case must end in ONE line ``ocifs: error: …`` on stderr and a non-zero exit — never a
 traceback, never a raw control character echoed to the terminal — with memory bounded and, for
 pull, nothing written outside the target directory (and no file under its final name inside it).
+The mount refuses a hostile manifest the same way, before anything is mounted. A chunk index is
+read on a file's first read, so a broken one makes that file's reads fail with EIO (the daemon
+logs why, once as an ERROR and once per failed read) while the daemon keeps running.
 
 What distribution 2.8 itself refuses at manifest PUT is recorded per case (``registry_refuses``)
 and checked, so docs/reliability.md stays true; such cases are then served to ocifs by the fault
@@ -15,6 +18,7 @@ are applied on the way in, by the commands users run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +37,9 @@ from typing import Any, Literal
 
 import pytest
 import trio
+from support.cachefiles import assert_cache_consistent
 from support.fault_proxy import FaultProxy, Status
+from support.mounts import mounted, mounter
 from support.registry import RegistryServer
 
 from ocifs import index
@@ -62,6 +68,12 @@ MAX_RSS_MIB = 160
 # not) instead of taking the machine down. Threads reserve stacks and malloc arenas, so the
 # cap is well above what the process really uses.
 ADDRESS_SPACE = 2 * 1024**3
+# The file every chunked layer of the corpus holds unless a case says otherwise.
+CHUNKED_DATA = bytes(range(256)) * 10
+
+# Every test here runs one to three CLI processes (or a mount) on a few KiB; the 15,000-chunk
+# extreme takes ~20 s. The issue's bound: no fault or hostile-input test over 60 s.
+pytestmark = pytest.mark.timeout(60)
 
 
 class Corpus:
@@ -96,7 +108,7 @@ class Corpus:
     def chunked(
         self,
         path: Any,
-        data: bytes = bytes(range(256)) * 10,
+        data: bytes = CHUNKED_DATA,
         chunk: int = 1000,
         *,
         tamper: Callable[[dict[str, Any]], Any] | None = None,
@@ -159,12 +171,16 @@ class Case:
     "pull" when only the chunk index or the blobs are (inspect reads the manifest alone, by
     design, and lists the artifact). ``error`` is a regex the one error line must match.
     ``registry_refuses``: whether distribution 2.8 rejects the manifest PUT.
+    ``mount_serves``: a "pull" case whose file the mount still serves, because every byte it
+    returns is verified (each chunk against its digest) and what is wrong is only what pull
+    checks on top: the whole-file digest, which a mount would have to read the file to check.
     """
 
     build: Callable[[Corpus], bytes | tuple[bytes, str]]
     error: str
     refused_by: Refused = "both"
     registry_refuses: bool = False
+    mount_serves: bool = False
 
 
 def _index_gap(doc: dict[str, Any]) -> None:
@@ -376,7 +392,7 @@ CASES: dict[str, Case] = {
     "index-too-many-chunks": Case(
         lambda c: manifest(c.chunked("m", tamper=_index_too_many)), "chunks cover 60000000 bytes", "pull"
     ),
-    "whole-file-digest-wrong": Case(_wrong_whole_file, "hashes to sha256:", "pull"),
+    "whole-file-digest-wrong": Case(_wrong_whole_file, "hashes to sha256:", "pull", mount_serves=True),
 }
 
 
@@ -528,6 +544,79 @@ def test_hostile_artifact_is_refused_in_one_line(served: tuple[str, Stored], tmp
     for entry in (tmp_path / "cache").rglob("*"):
         if entry.is_file() and not entry.name.startswith("."):
             assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name, entry
+
+
+def daemon_peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+@pytest.mark.parametrize("served", sorted(CASES), indirect=True)
+def test_hostile_artifact_is_refused_by_the_mount(served: tuple[str, Stored], tmp_path: Path) -> None:
+    """A hostile manifest: ``ocifs mount`` refuses it in one line and mounts nothing. A broken
+    chunk index (the manifest is fine): the mount lists the file, every read of it fails with
+    EIO, the log says why, and the daemon keeps serving."""
+    host, stored = served
+    case = CASES[stored.repository.removeprefix("hostile/")]
+    ref = f"{host}/{stored.repository}:v1"
+    mountpoint, cache = tmp_path / "mnt", tmp_path / "cache"
+    mountpoint.mkdir()
+
+    if case.refused_by == "both":
+        # In the foreground, so the peak RSS measured is that of the process that parses.
+        run = run_cli("mount", ref, str(mountpoint), "--cache-dir", str(cache), "--foreground")
+        assert_refused_in_one_line(run, case.error)
+        assert not mounted(mountpoint) and list(mountpoint.iterdir()) == []
+        assert not ESCAPE_DIR.exists()
+        return
+
+    with mounter(tmp_path) as mount:
+        m = mount(ref, mountpoint=mountpoint, cache=cache)
+        files = sorted(p for p in mountpoint.rglob("*") if p.is_file())
+        assert files, "the mount lists the artifact's file"
+        for path in files:
+            for _ in range(2):  # the second read gets the same answer, from the remembered error
+                if case.mount_serves:
+                    assert path.read_bytes() == CHUNKED_DATA
+                else:
+                    with pytest.raises(OSError) as failed:
+                        path.read_bytes()
+                    assert failed.value.errno == errno.EIO, failed.value
+        assert m.alive(), m.log_text()
+        assert sorted(p for p in mountpoint.rglob("*") if p.is_file()) == files  # still serving
+        peak = daemon_peak_rss_mib(m.proc.pid)
+    log = m.log_text()
+    assert "Traceback" not in log, log
+    if case.mount_serves:
+        assert "failed (EIO)" not in log, log
+    else:
+        assert re.search(case.error, log), log
+        assert "invalid chunk index" in log and "failed (EIO)" in log, log
+    assert 0 < peak < MAX_RSS_MIB, f"daemon peak RSS {peak:.0f} MiB"
+    assert m.proc.returncode == 0, log
+    assert_cache_consistent(cache)
+    assert not ESCAPE_DIR.exists()
+
+
+@pytest.mark.parametrize("served", ["title-dotdot", "file-and-directory", "manifest-over-4mib"], indirect=True)
+def test_a_detached_mount_refuses_a_hostile_manifest_in_the_same_one_line(
+    served: tuple[str, Stored], tmp_path: Path
+) -> None:
+    """What a user types (no ``--foreground``): the parent waits for the daemon's verdict and
+    prints its one line; no daemon is left behind."""
+    host, stored = served
+    case = CASES[stored.repository.removeprefix("hostile/")]
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    ref = f"{host}/{stored.repository}:v1"
+    command = [sys.executable, "-m", "ocifs", "mount", ref, str(mountpoint), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=30, check=False)
+    assert proc.returncode == 1, proc
+    assert proc.stderr.startswith("ocifs: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(case.error, proc.stderr) and all(ch.isprintable() for ch in proc.stderr.rstrip("\n"))
+    assert not mounted(mountpoint)
+    leftover = subprocess.run(["pgrep", "-f", f"ocifs mount {re.escape(ref)}"], capture_output=True, check=False)
+    assert leftover.stdout == b"", "a daemon outlived its refused mount"
 
 
 # -- legal extremes: accepted, with bounded memory ---------------------------------------------
