@@ -54,6 +54,9 @@ from ocifs.registry.retry import RetryPolicy
 
 ExpectLog = Callable[..., AbstractContextManager[Any]]
 
+# The bound for every fault test: none over 60 s.
+pytestmark = pytest.mark.timeout(60)
+
 REPO = "faults/client"
 BLOB_SIZE = 512 * 1024
 ATTEMPTS = 4

@@ -39,6 +39,9 @@ from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.retry import RetryPolicy
 
+# The bound for every fault test: none over 60 s.
+pytestmark = pytest.mark.timeout(60)
+
 CHUNK = 64 * 1024
 UPLOAD_PUT = r"/blobs/uploads/.+digest="
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
