@@ -299,3 +299,56 @@ def test_a_daemon_killed_mid_read_is_unmounted_leaves_a_good_cache_and_a_new_mou
     # The new mount downloaded only the chunks the killed one had not cached (the chunk index,
     # fetched before any chunk, was cached).
     assert second.stats()["fetch"]["downloads"] == len(wanted - set(cached))
+
+
+@pytest.mark.parametrize("fifth", range(5))
+def test_a_daemon_killed_at_a_random_point_of_a_busy_cold_read_leaves_a_good_cache(
+    mounts: Mounter, artifact: Artifact, proxy: FaultProxy, tmp_path: Path, fifth: int
+) -> None:
+    """``kill -9`` while two readers, read-ahead, downloads, hashing and write-behind cache
+    writes are all in flight (or already done): whatever the moment, every cache entry still
+    hashes to its name, and a new mount on the same cache reads everything exact, downloading
+    exactly the blobs the dead daemon had not cached."""
+    cache = tmp_path / "kill-cache"
+    first = mounts(artifact.via(proxy), cache=cache)
+    # The whole artifact takes ~0.7 s at this rate: one kill at a random moment of each fifth
+    # of 0-0.9 s lands in every phase, from the chunk-index downloads to after the last write.
+    proxy.add(Slow(rate=1024 * 1024), method="GET", path=r"/blobs/", times=None)
+    delay = (fifth + random.Random(fifth).random()) * 0.9 / 5
+    outcomes: dict[str, int | None] = {}
+
+    def reader(name: str) -> None:
+        try:
+            ok = (first.path / name).read_bytes() == artifact.contents[name]
+            outcomes[name] = None if ok else -1
+        except OSError as exc:
+            outcomes[name] = exc.errno
+
+    threads = [threading.Thread(target=reader, args=(name,)) for name in artifact.contents]
+    for thread in threads:
+        thread.start()
+    time.sleep(delay)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a reader was left hanging on the dead mount"
+    # Each reader got the exact file (it finished first) or a connection error, never bad bytes.
+    assert set(outcomes.values()) <= {None, errno.ECONNABORTED, errno.ENOTCONN}, outcomes
+
+    deadline = time.monotonic() + 5
+    while mounted(first.path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(first.path)
+
+    before = set(assert_cache_consistent(cache))
+    proxy.clear()
+    second = mounts(artifact.via(proxy), cache=cache)
+    for name, data in artifact.contents.items():
+        assert (second.path / name).read_bytes() == data
+    second.wait_for_cache_writes()
+    after = set(assert_cache_consistent(cache))
+    assert {d for chunks in artifact.chunks.values() for d in chunks} <= after
+    # Nothing the dead daemon had cached was downloaded again, and nothing else twice.
+    assert before <= after
+    assert second.stats()["fetch"]["downloads"] == len(after - before)
