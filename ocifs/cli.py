@@ -23,7 +23,7 @@ import trio
 from ocifs import __version__, config
 from ocifs.errors import OcifsError, UsageError, fd_exhaustion, fd_exhaustion_hint, first_error
 from ocifs.reference import parse_reference
-from ocifs.registry.client import ClientOptions
+from ocifs.registry.client import ClientOptions, RedactUrls
 from ocifs.registry.retry import RetryPolicy
 
 log = logging.getLogger("ocifs")
@@ -351,6 +351,7 @@ def setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     formatter = JournalFormatter if stderr_is_journal() else logging.Formatter
     handler.setFormatter(formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    handler.addFilter(RedactUrls())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)

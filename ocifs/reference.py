@@ -4,6 +4,9 @@ Follows the grammar of distribution's ``reference`` package and Docker's default
 registry component the registry is Docker Hub (``registry-1.docker.io``) and a single-component
 repository gets the ``library/`` prefix; with neither tag nor digest the tag is ``latest``.
 A first component is a registry when it contains ``.`` or ``:`` or is ``localhost``.
+
+Credentials typed into a reference (``user:password@host/repo``, ``https://user:pw@host/...``)
+are refused, and never quoted back: error messages show ``***`` in their place.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ _HOST_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*$"
 )
 _MAX_NAME_LENGTH = 255  # distribution's NameTotalLengthMax
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_LOGIN_HOST_RE = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +86,46 @@ def split_host_port(registry: str) -> tuple[str, int | None]:
     return host, int(port) if port else None
 
 
+def _userinfo_span(text: str) -> tuple[int, int] | None:
+    """Where ``user[:password]`` typed before an ``@`` is in ``text``: ``(start, end)`` with
+    ``text[end] == "@"``, or None.
+
+    An ``@`` with a ``/`` anywhere after it cannot introduce a digest (digests have no ``/``), so
+    everything before the last such ``@`` is userinfo; in a URL (``scheme://``) so is anything
+    before an ``@`` in the authority.
+    """
+    scheme = _SCHEME_RE.match(text)
+    start = scheme.end() if scheme else 0
+    end = text.rfind("@", start, max(start, text.rfind("/")))
+    if end < 0 and scheme:
+        authority_end = text.find("/", start)
+        end = text.rfind("@", start, authority_end if authority_end >= 0 else len(text))
+    return (start, end) if end >= 0 else None
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with credentials typed into it (see :func:`_userinfo_span`) shown as ``***``."""
+    span = _userinfo_span(text)
+    if span is None:
+        return text
+    start, end = span
+    return f"{text[:start]}***{text[end:]}"
+
+
 def parse_reference(text: str) -> Reference:
-    """Parse ``text`` into a :class:`Reference` or raise :class:`InvalidReference` saying why."""
+    """Parse ``text`` into a :class:`Reference` or raise :class:`InvalidReference` saying why.
+
+    Messages never quote credentials typed into ``text`` (:func:`redact_userinfo`).
+    """
     if not isinstance(text, str) or not text:
         raise InvalidReference("empty reference", hint="expected REGISTRY/REPOSITORY[:TAG][@DIGEST]")
+    span = _userinfo_span(text)
+    if span is not None:
+        host = text[span[1] + 1 :].split("/", 1)[0]
+        raise InvalidReference(
+            f"invalid reference {redact_userinfo(text)!r}: credentials do not belong in the reference",
+            hint=f"store them with `ocifs login {host if _LOGIN_HOST_RE.match(host) else 'HOST'}`",
+        )
     if any(c.isspace() or ord(c) < 0x20 for c in text):
         raise InvalidReference(f"invalid reference {text!r}: contains whitespace or control characters")
     if "://" in text:
@@ -100,7 +141,12 @@ def parse_reference(text: str) -> Reference:
         try:
             digest = Digest.parse(digest_text)
         except InvalidDigest as exc:
-            raise InvalidReference(f"invalid reference {text!r}: {exc.message}") from None
+            # What precedes the "@" is not quoted: it may be a "user:password" (without a "/"
+            # after it, nothing tells the two apart).
+            raise InvalidReference(
+                f"invalid reference: {exc.message} after '@'",
+                hint="a digest is ALGORITHM:HEX; credentials do not belong in a reference (use `ocifs login`)",
+            ) from None
 
     tag: str | None = None
     last_slash = remainder.rfind("/")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ocifs.digest import Digest
 from ocifs.errors import InvalidReference
-from ocifs.reference import DOCKER_HUB, Reference, is_loopback_host, parse_reference
+from ocifs.reference import DOCKER_HUB, Reference, is_loopback_host, parse_reference, redact_userinfo
 
 HEX = "a" * 64
 
@@ -97,3 +97,43 @@ def test_parser_raises_only_invalid_reference(text: str) -> None:
 def test_generated_valid_references(repo: str, tag: str, port: int) -> None:
     ref = parse_reference(f"registry.test:{port}/{repo}:{tag}")
     assert (ref.registry, ref.repository, ref.tag) == (f"registry.test:{port}", repo, tag)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown", "login_host"),
+    [
+        ("alice:s3cret@127.0.0.1:5000/repo:tag", "***@127.0.0.1:5000/repo:tag", "127.0.0.1:5000"),
+        ("https://alice:s3cret@127.0.0.1:5000/repo:tag", "https://***@127.0.0.1:5000/repo:tag", "127.0.0.1:5000"),
+        ("https://alice:s3cret@registry.example.com", "https://***@registry.example.com", "registry.example.com"),
+        ("alice:s3cret@ghcr.io/org/m@sha256:" + HEX, "***@ghcr.io/org/m@sha256:" + HEX, "ghcr.io"),
+        # A password containing "@" or "/" is redacted whole.
+        ("alice:s3/c@ret@ghcr.io/org/m:v1", "***@ghcr.io/org/m:v1", "ghcr.io"),
+        ("alice:s3cret@localhost:5000/x y", "***@localhost:5000/x y", "localhost:5000"),
+    ],
+)
+def test_credentials_in_a_reference_are_refused_and_never_quoted(text: str, shown: str, login_host: str) -> None:
+    with pytest.raises(InvalidReference) as info:
+        parse_reference(text)
+    message = str(info.value)
+    assert "s3" not in message and "alice" not in message
+    assert message == (
+        f"invalid reference {shown!r}: credentials do not belong in the reference:"
+        f" store them with `ocifs login {login_host}`"
+    )
+
+
+@pytest.mark.parametrize("text", ["alice:s3cret@localhost:5000", "alice:s3cret@x", "repo:s3cret@sha256:short"])
+def test_what_precedes_a_malformed_digest_is_not_quoted(text: str) -> None:
+    """Without a "/" after the "@", user:password@host reads as repo:tag@digest: the part that
+    could be a password is left out of the message, which mentions credentials."""
+    with pytest.raises(InvalidReference) as info:
+        parse_reference(text)
+    message = str(info.value)
+    assert "s3cret" not in message and "alice" not in message
+    assert "digest" in message and "ocifs login" in message
+
+
+def test_redact_userinfo_leaves_references_without_credentials_alone() -> None:
+    for text in ("ghcr.io/org/m:v1", "repo@sha256:" + HEX, "localhost:5000/a/b:t@sha256:" + HEX, "x@y"):
+        assert redact_userinfo(text) == text
+    assert redact_userinfo("u:p@h.io/r") == "***@h.io/r"

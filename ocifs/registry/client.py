@@ -58,7 +58,7 @@ from ocifs.registry.blobio import (
     excess_read_limit,
 )
 from ocifs.registry.credentials import Credentials
-from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
+from ocifs.registry.retry import RetryPolicy, is_certificate_failure, is_retryable_exception, is_retryable_status
 
 log = logging.getLogger(__name__)
 
@@ -653,18 +653,24 @@ class RegistryClient:
                 if isinstance(failure, SizeMismatch):
                     raise failure  # a complete answer of another size: no retry changes it
                 if failure is not None:
-                    if attempt >= policy.attempts:
+                    if attempt >= policy.attempts or is_certificate_failure(failure):
                         raise RegistryUnavailable(
                             f"{self.registry}: {what or method} failed: {_describe_transport_error(failure)}",
                             hint=self._unreachable_hint(failure),
                         ) from None
                     self.stats.retries += 1
-                    await trio.sleep(policy.backoff(attempt))
+                    delay = policy.backoff(attempt)
+                    reason = _describe_transport_error(failure)
+                    log.debug("%s %s: %s, retry %d in %.1fs", method, _safe_path(url), reason, attempt, delay)
+                    await trio.sleep(delay)
                     continue
                 fast_headers = httpx.Headers(outcome.headers)
                 if is_retryable_status(outcome.status) and attempt < policy.attempts:
                     self.stats.retries += 1
-                    await trio.sleep(policy.delay_for(attempt, httpx.Response(outcome.status, headers=fast_headers)))
+                    delay = policy.delay_for(attempt, httpx.Response(outcome.status, headers=fast_headers))
+                    status = outcome.status
+                    log.debug("%s %s: HTTP %s, retry %d in %.1fs", method, _safe_path(url), status, attempt, delay)
+                    await trio.sleep(delay)
                     continue
                 if outcome.status != 401 and outcome.status not in expected:
                     raise self._error_for(outcome.status, outcome.body, fast_headers, repository, what)
@@ -766,7 +772,12 @@ class RegistryClient:
             )
         if status == 404:
             return NotFound(text if detail else f"{where}: {what or 'resource'} not found", status=status, code=code)
-        if status == 400 and b"HTTP request to an HTTPS server" in body:
+        # Go's TLS server answers plain HTTP with a bare "HTTP/1.0 400" and that text as the body;
+        # a HEAD (push starts with one) gets no body, and no registry answers without any header.
+        plain_to_tls = b"HTTP request to an HTTPS server" in body or (
+            not headers and self.base_url.startswith("http://")
+        )
+        if status == 400 and plain_to_tls:
             return RegistryError(
                 f"{where}: this registry speaks HTTPS, not plain HTTP",
                 hint="pass --ca-file with its CA (or --insecure)",
@@ -946,6 +957,27 @@ def _next_link(header: str | None) -> str | None:
             if 0 <= start < end:
                 return part[start + 1 : end]
     return None
+
+
+class RedactUrls(logging.Filter):
+    """A log filter for the HTTP libraries' own lines, which ``--debug`` shows. httpx logs each
+    request's whole URL: an upload URL's query holds the registry's upload state, a redirect's a
+    pre-signed signature; it is logged as :func:`_safe_url` gives it. httpcore's traces list
+    response headers (``Location`` with that signature, ``Set-Cookie``): they are cut off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("httpx") and isinstance(record.args, tuple):
+            record.args = tuple(_safe_url(arg) if isinstance(arg, httpx.URL) else arg for arg in record.args)
+        elif record.name.startswith("httpcore") and isinstance(record.msg, str):
+            headers = record.msg.find(", [(b'")  # (b'HTTP/1.1', 307, b'Temporary Redirect', [(b'Location', ...
+            if headers >= 0:
+                record.msg = record.msg[:headers] + ", [headers not logged])"
+        return True
+
+
+def _safe_path(url: str) -> str:
+    """:func:`_safe_url` of a URL or path as :meth:`RegistryClient._exchange` gets it."""
+    return url.split("?", 1)[0]
 
 
 def _safe_url(url: httpx.URL) -> str:

@@ -6,7 +6,8 @@ else fails at once — notably a *complete* blob body whose length is not the de
 the artifact or the registry is inconsistent, and no retry changes that (the client raises
 :class:`~ocifs.errors.BlobSizeMismatch`). A connection that fails because the process is out of
 file descriptors (EMFILE/ENFILE) is retried too (other requests end and give theirs back), but
-reported as what it is, not as a network problem. The wait is exponential backoff with full
+reported as what it is, not as a network problem. A certificate that fails verification is not
+retried: the same certificate comes back every time. The wait is exponential backoff with full
 jitter (AWS architecture blog, "Exponential Backoff and Jitter"), unless the server sent
 ``Retry-After``, which is honoured up to ``max_delay``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -62,9 +64,22 @@ def is_retryable_exception(exc: BaseException) -> bool:
     (e.g. a body shorter than its Content-Length). Unsupported-protocol and proxy configuration
     errors are permanent.
     """
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError):
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError) or is_certificate_failure(exc):
         return False
     return isinstance(exc, httpx.TransportError)
+
+
+def is_certificate_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it: trio and httpx wrap it) is a failed certificate
+    verification — wrong CA, wrong name, expired — which no retry changes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -150,9 +150,12 @@ class Slow:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """Answer ``status`` with ``Location`` = the same path and query on the redirect target."""
+    """Answer ``status`` with ``Location`` = the same path and query on the redirect target;
+    ``signature`` adds ``X-Amz-Signature=<signature>`` to its query, as an object store's
+    pre-signed URL carries a credential there."""
 
     status: int = 307
+    signature: str | None = None
 
 
 Fault: TypeAlias = Reset | Stall | Status | Truncate | Flip | WrongLength | Slow | Redirect
@@ -474,6 +477,8 @@ class FaultProxy:
         if isinstance(fault, Redirect):
             await _discard(_iter_body(conn.reader, request_framing), record)
             location = f"http://{self.redirect_host}{target}"
+            if fault.signature is not None:
+                location += f"{'&' if '?' in target else '?'}X-Amz-Signature={fault.signature}"
             await _send_local(conn.writer, record, fault.status, {"Location": location}, b"", keep_alive)
             return keep_alive
         if isinstance(fault, Status) and not fault.forward:
