@@ -79,6 +79,8 @@ PLAIN_PIECE_SIZE = index.DEFAULT_CHUNK_SIZE
 #: Temp files are ``.ocifs-pull-<pid>-<random>`` in the file's final directory (the rename must
 #: not cross filesystems). The pid lets a later pull remove those of a pull that was killed.
 TEMP_PREFIX = ".ocifs-pull-"
+#: What to do when the output's disk is full (pull reserves each file's blocks before fetching it).
+NO_SPACE_HINT = "free some space there or pull to another directory (-o); a re-run reuses what is cached"
 
 _MiB = 1 << 20
 _HASH_BLOCK = 64 * _MiB  # a re-hash maps this much of the file at a time
@@ -504,11 +506,12 @@ def _open_temp(target: TargetDir, job: _FileJob, open_jobs: list[_FileJob]) -> N
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
             return  # the filesystem cannot reserve blocks (ftruncate already sized the file)
-        free = ""
-        if exc.errno == errno.ENOSPC:
+        free, hint = "", None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             st = os.fstatvfs(job.fd)
             free = f" ({job.size:,} bytes needed, {st.f_bavail * st.f_frsize:,} free)"
-        raise OcifsError(f"cannot write {where}: {exc.strerror or exc}{free}") from None
+            hint = NO_SPACE_HINT
+        raise OcifsError(f"cannot write {where}: {exc.strerror or exc}{free}", hint=hint) from None
 
 
 async def _worker(run: _Run, receive: trio.MemoryReceiveChannel[_Piece]) -> None:
@@ -522,8 +525,9 @@ async def _worker(run: _Run, receive: trio.MemoryReceiveChannel[_Piece]) -> None
                 return
             try:
                 await trio.to_thread.run_sync(_pwrite_all, job.fd, data, piece.offset)
-            except OSError as exc:
-                run.fail(OcifsError(f"cannot write {job.path!r}: {exc.strerror or exc}"))
+            except OSError as exc:  # the blocks were reserved, unless the filesystem cannot
+                hint = NO_SPACE_HINT if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
+                run.fail(OcifsError(f"cannot write {job.path!r}: {exc.strerror or exc}", hint=hint))
                 return
             if cached:
                 run.bytes_from_cache += len(data)

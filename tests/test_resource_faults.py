@@ -41,6 +41,7 @@ from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
 from ocifs import push
+from ocifs.pull import TEMP_PREFIX as PULL_TEMP_PREFIX
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 
@@ -154,6 +155,33 @@ def test_full_cache_disk_pull_completes_uncached_with_one_warning(artifact: Arti
         entries = assert_cache_consistent(cache)
         assert 0 < len(entries) < 24  # what fitted is cached, verified; the rest is not
         assert not list(cache.rglob(".tmp-*"))  # no temp file left to fill the disk further
+
+
+def test_full_output_disk_pull_fails_before_downloading_in_one_line(artifact: Artifact, tmp_path: Path) -> None:
+    """The output directory's disk is too small (the cache is elsewhere): pull reserves each
+    file's blocks before fetching it, so it fails at once, in one line naming the file, the
+    space needed and free, and what to do; no file is left half-written, no temp file at all,
+    and no chunk was downloaded for nothing. A re-run to a roomier directory completes."""
+    cache = tmp_path / "cache"
+    with tmpfs(tmp_path / "small", "2m") as small:
+        out = small / "out"
+        result = ocifs("pull", artifact.ref, "-o", str(out), "--cache-dir", str(cache), "-q")
+        assert result.returncode == 1, result
+        [line] = result.stderr.splitlines()
+        assert re.fullmatch(
+            r"ocifs: error: cannot write .*/out/model\.bin: No space left on device \(6,291,451 bytes needed, "
+            r"[\d,]+ free\): free some space there or pull to another directory \(-o\); a re-run reuses what is cached",
+            line,
+        ), line
+        left = tree(out) if out.exists() else {}
+        # Only complete files under their own names (the README may have landed), no temp file.
+        assert set(left) <= {"README"} and all(artifact.contents[name] == data for name, data in left.items()), left
+        assert not out.exists() or [p.name for p in out.rglob(f"{PULL_TEMP_PREFIX}*")] == []
+    # The chunk index (a few KiB) at most: not one 256 KiB chunk was fetched.
+    assert sum(p.stat().st_size for p in assert_cache_consistent(cache).values()) < CHUNK
+    again = ocifs("pull", artifact.ref, "-o", str(tmp_path / "roomy"), "--cache-dir", str(cache), "-q")
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert tree(tmp_path / "roomy") == artifact.contents
 
 
 def test_full_cache_disk_mount_reads_everything_with_one_warning(
