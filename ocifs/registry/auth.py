@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import trio
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_LIFETIME = 60.0
 # Refresh this long before expiry so a token does not expire in flight.
 EXPIRY_MARGIN = 10.0
+
+# What a token may hold to be sent in a header: printable ASCII, no space (RFC 6750's b64token
+# and every JWT fit). Anything else could split the header or reach an error message.
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -130,6 +136,15 @@ class TokenAuthority:
         realm = challenge.realm
         if not realm:
             raise RegistryError(f"{self._registry}: Bearer challenge without a realm; cannot authenticate")
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            shown = repr(realm[:80] + ("…" if len(realm) > 80 else ""))
+            raise RegistryError(
+                f"{self._registry}: the Bearer challenge's realm {shown} is not an http(s) URL; cannot authenticate"
+            )
         service = challenge.params.get("service")
         creds = self._credentials
         self.token_requests += 1
@@ -141,7 +156,7 @@ class TokenAuthority:
                 form["service"] = service
             if scopes:
                 form["scope"] = " ".join(scopes)
-            response = await self._send(httpx.Request("POST", realm, data=form))
+            response = await self._send(self._request("POST", realm, data=form))
             if response.status_code in (404, 405):
                 # A realm without the OAuth2 POST endpoint (distribution's spec: "fall back to GET").
                 response = None
@@ -154,7 +169,7 @@ class TokenAuthority:
             if creds is not None and (creds.password or creds.identity_token):
                 secret = creds.password or creds.identity_token or ""
                 headers["Authorization"] = basic_header(Credentials(creds.username, secret))
-            response = await self._send(httpx.Request("GET", realm, params=query, headers=headers))
+            response = await self._send(self._request("GET", realm, params=query, headers=headers))
         if response.status_code in (401, 403):
             if creds is None:
                 raise AuthenticationError(
@@ -176,8 +191,22 @@ class TokenAuthority:
             body = response.json()
             value = body.get("token") or body.get("access_token")
             lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raise RegistryError(f"{self._registry}: token service returned a malformed response") from None
         if not isinstance(value, str) or not value:
             raise RegistryError(f"{self._registry}: token service returned no token")
+        if not _TOKEN_RE.fullmatch(value):  # never shown: it is a secret
+            raise RegistryError(f"{self._registry}: token service returned a malformed token (not printable ASCII)")
+        if math.isnan(lifetime):
+            lifetime = DEFAULT_TOKEN_LIFETIME
         return value, max(lifetime, EXPIRY_MARGIN + 1)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Request:
+        """A request to the token service; the challenge's parameters make its query, and one
+        too long for a URL is the registry's error, not a crash."""
+        try:
+            return httpx.Request(method, url, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise RegistryError(
+                f"{self._registry}: cannot build a token request from the Bearer challenge ({exc})"
+            ) from None

@@ -42,6 +42,11 @@ class BodyLengthError(Exception):
     connection)."""
 
 
+class RedirectError(Exception):
+    """Redirects that cannot lead to the blob: a loop (more than :data:`_MAX_REDIRECTS`) or a
+    target that is not http(s). Not retried: the registry would send the same redirects again."""
+
+
 class SizeMismatch(Exception):
     """A *complete* success answer whose body is not the length asked for: the registry serves
     another size than the descriptor gives, which no retry changes.
@@ -123,14 +128,19 @@ class FastBlobReader:
             outcome, location = self._get_once(origin, target, send, expected, partial)
             if location is None:
                 return outcome
-            parts = urlsplit(urljoin(_url(origin, target), location))
-            next_origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
+            try:
+                parts = urlsplit(urljoin(_url(origin, target), location))
+                next_origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
+            except ValueError:  # a bad port or IPv6 literal
+                return FastResponse(0, {}, error=RedirectError("redirected to a malformed URL"))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return FastResponse(0, {}, error=RedirectError("redirected to a URL that is not http(s)"))
             if next_origin != origin:
                 # Never hand the registry's credentials to a redirect target elsewhere.
                 send = {k: v for k, v in send.items() if k.lower() != "authorization"}
             origin = next_origin
             target = parts.path + (f"?{parts.query}" if parts.query else "")
-        return FastResponse(0, {}, error=http.client.HTTPException(f"more than {_MAX_REDIRECTS} redirects"))
+        return FastResponse(0, {}, error=RedirectError(f"more than {_MAX_REDIRECTS} redirects (a redirect loop?)"))
 
     def _get_once(
         self, origin: Origin, target: str, headers: Mapping[str, str], expected: int, partial: bool

@@ -53,6 +53,7 @@ from ocifs.registry.blobio import (
     BodyLengthError,
     FastBlobReader,
     FastResponse,
+    RedirectError,
     SizeMismatch,
     content_range_total,
     excess_read_limit,
@@ -90,6 +91,12 @@ UPLOAD_SLICE = 1024 * 1024
 PATCH_PIECE = 4 * 1024 * 1024
 _FALLBACK_TO_PATCH_STATUS = frozenset({400, 405, 411, 413, 416})
 _BODY_EXCERPT = 200
+# Of a body nobody reads (a redirect's, an upload reply's), at most this much is read so that
+# the connection can be reused; the rest is not read (the connection is closed).
+_IGNORED_BODY_LIMIT = 64 * 1024
+# A token service's answer: a JSON object with a token of a few KiB (a JWT); a header over
+# 1 MiB is refused by most servers anyway.
+MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +179,10 @@ class RegistryClient:
                 max_keepalive_connections=self.options.max_connections,
             ),
             follow_redirects=True,
-            headers={"User-Agent": f"ocifs/{__version__}"},
+            # Bodies are read as sent (never decompressed: a compressed body could expand a
+            # thousandfold in one read); the fast path asks for identity too.
+            headers={"User-Agent": f"ocifs/{__version__}", "Accept-Encoding": "identity"},
+            event_hooks={"response": [_skip_redirect_body]},
             transport=transport,
         )
         self._tokens = TokenAuthority(registry, credentials, self._send_raw)
@@ -201,7 +211,9 @@ class RegistryClient:
 
     async def ping(self) -> None:
         """``GET /v2/``: the registry speaks the API and our credentials (if any) are accepted."""
-        await self._exchange("GET", "/v2/", repository=None, actions="", expected=(200,), consume=_discard)
+        await self._exchange(
+            "GET", "/v2/", repository=None, actions="", expected=(200,), consume=_discard, what="API check (GET /v2/)"
+        )
 
     async def get_manifest(
         self, repository: str, selector: str, accept: Sequence[str] = MANIFEST_MEDIA_TYPES
@@ -579,16 +591,26 @@ class RegistryClient:
     # -- the request engine ---------------------------------------------------------------
 
     async def _send_raw(self, request: httpx.Request) -> httpx.Response:
-        """One request, body read, no auth and no retries (used by the token authority)."""
+        """One request, no auth and no retries (used by the token authority). The body is read
+        only for a 200, and at most :data:`MAX_TOKEN_RESPONSE_BYTES` of it."""
+        host = request.url.host
         try:
-            response = await self._http.send(request)
+            response = await self._http.send(request, stream=True)
+            try:
+                content = b""
+                if response.status_code == 200:
+                    _refuse_encoded(response, f"{self.registry}: token service {host}")
+                    what = f"{self.registry}: the answer of token service {host}"
+                    content = await _read_capped(response, MAX_TOKEN_RESPONSE_BYTES, what)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             fds = fd_exhaustion(exc)
             raise RegistryUnavailable(
-                f"cannot reach the token service {request.url.host}: {_describe_transport_error(exc)}",
+                f"cannot reach the token service {host}: {_describe_transport_error(exc)}",
                 hint=fd_exhaustion_hint(fds) if fds is not None else None,
             ) from None
-        return response
+        return httpx.Response(response.status_code, content=content, request=request)
 
     async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
         challenge = self._challenge
@@ -652,6 +674,8 @@ class RegistryClient:
                 failure = outcome.error
                 if isinstance(failure, SizeMismatch):
                     raise failure  # a complete answer of another size: no retry changes it
+                if isinstance(failure, RedirectError):
+                    raise self._redirect_error(what or method, str(failure))
                 if failure is not None:
                     if attempt >= policy.attempts or is_certificate_failure(failure):
                         raise RegistryUnavailable(
@@ -701,6 +725,9 @@ class RegistryClient:
                             attempt -= 1  # an auth round trip is not a failure
                             continue
                     if status in expected:
+                        if method != "HEAD" and consume not in (_discard, _keep):
+                            where = f"{self.registry}/{repository}" if repository else self.registry
+                            _refuse_encoded(response, f"{where}: {what or method}")
                         result = await consume(response)
                         return (result, response) if with_response else result
                     if is_retryable_status(status) and attempt < policy.attempts:
@@ -715,6 +742,12 @@ class RegistryClient:
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
+                if isinstance(exc, httpx.TooManyRedirects):
+                    raise self._redirect_error(what or method, "too many redirects (a redirect loop?)") from None
+                if isinstance(exc, httpx.UnsupportedProtocol):
+                    raise self._redirect_error(what or method, "sent to a URL that is not http(s)") from None
+                if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Invalid URL in location"):
+                    raise self._redirect_error(what or method, "redirected to a malformed URL") from None
                 if not is_retryable_exception(exc) or attempt >= policy.attempts:
                     raise RegistryUnavailable(
                         f"{self.registry}: {what or method} failed: {_describe_transport_error(exc)}",
@@ -731,6 +764,14 @@ class RegistryClient:
                 )
                 self.stats.retries += 1
             await trio.sleep(delay)
+
+    def _redirect_error(self, what: str, reason: str) -> RegistryError:
+        """Redirects that cannot lead anywhere: a loop, or to a URL that is not http(s). Not
+        retried (neither here nor by the fetcher): the registry sends the same ones again."""
+        return RegistryError(
+            f"{self.registry}: {what} failed: {reason}",
+            hint="the registry (or a proxy in front of it) is misconfigured",
+        )
 
     def _unreachable_hint(self, exc: BaseException) -> str:
         fds = fd_exhaustion(exc)
@@ -816,12 +857,63 @@ async def _slices(data: bytes) -> AsyncIterator[bytes]:
         yield view[start : start + UPLOAD_SLICE]  # type: ignore[misc]
 
 
+async def _skip_redirect_body(response: httpx.Response) -> None:
+    """httpx reads a redirect's whole body before it follows the redirect; nobody uses it.
+    Read at most :data:`_IGNORED_BODY_LIMIT` of it (an endless one is not read on) and drop it."""
+    if response.has_redirect_location and isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _SkippedBody(response.stream)
+
+
+class _SkippedBody(httpx.AsyncByteStream):
+    """A body read up to :data:`_IGNORED_BODY_LIMIT` (to the end if it is short, so that the
+    connection is reused) and handed on as nothing."""
+
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for piece in self._stream:
+            seen += len(piece)
+            if seen > _IGNORED_BODY_LIMIT:
+                break
+        if False:  # an async generator that yields nothing
+            yield b""
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _refuse_encoded(response: httpx.Response, what: str) -> None:
+    """Refuse a body sent with a ``Content-Encoding``: ocifs asks for identity, and digests,
+    sizes and limits are of the bytes as stored."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RegistryError(
+            f"{what}: the answer is {_printable(encoding)}-encoded though ocifs asks for identity",
+            hint="a proxy in front of the registry compresses answers; turn that off",
+            status=response.status_code,
+        )
+
+
+async def _raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as sent (never decoded: see ``Accept-Encoding`` above), piece by piece."""
+    try:
+        content = response.content  # a response that arrived already read (MockTransport)
+    except httpx.ResponseNotRead:
+        async for piece in response.aiter_raw():
+            yield piece
+        return
+    if content:
+        yield content
+
+
 async def _discard(response: httpx.Response) -> None:
-    await response.aread()
+    await _read_prefix(response, _IGNORED_BODY_LIMIT)
 
 
 async def _keep(response: httpx.Response) -> httpx.Response:
-    await response.aread()
+    await _read_prefix(response, _IGNORED_BODY_LIMIT)
     return response
 
 
@@ -829,7 +921,7 @@ async def _read_json_response(response: httpx.Response) -> Any:
     data = await _read_capped(response, MAX_MANIFEST_BYTES, "response")
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"malformed JSON from {response.url.host}") from None
 
 
@@ -838,7 +930,7 @@ async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes
     if length and length.isdigit() and int(length) > limit:
         raise RegistryError(f"{what} is {int(length)} bytes, over the {limit}-byte limit")
     buf = bytearray()
-    async for piece in response.aiter_bytes():
+    async for piece in _raw_body(response):
         buf += piece
         if len(buf) > limit:
             raise RegistryError(f"{what} is over the {limit}-byte limit")
@@ -855,7 +947,7 @@ async def _read_exact(response: httpx.Response, size: int | None, total: int | N
     206's ``Content-Range``, for the message.
     """
     if size is None:
-        return await response.aread()
+        return b"".join([piece async for piece in _raw_body(response)])
     limit = size + excess_read_limit(size)
     length = response.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -863,7 +955,7 @@ async def _read_exact(response: httpx.Response, size: int | None, total: int | N
     buf = bytearray(size)
     view = memoryview(buf)
     seen = 0
-    async for piece in response.aiter_bytes():
+    async for piece in _raw_body(response):
         end = seen + len(piece)
         if end <= size:
             view[seen:end] = piece
@@ -881,9 +973,11 @@ async def _read_error_body(response: httpx.Response) -> bytes:
     """Up to 64 KiB of an error answer's body, for the message. One that breaks off is still
     that error (distribution 2.8 answers a 416 with the blob's Content-Length and 33 bytes):
     what arrived is kept, and the status decides, not the broken body."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return b""  # not asked for; not decoded: the status alone says what failed
     buf = bytearray()
     try:
-        async for piece in response.aiter_bytes():
+        async for piece in _raw_body(response):
             buf += piece
             if len(buf) >= 64 * 1024:
                 break
@@ -894,7 +988,7 @@ async def _read_error_body(response: httpx.Response) -> bytes:
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
     buf = bytearray()
-    async for piece in response.aiter_bytes():
+    async for piece in _raw_body(response):
         buf += piece
         if len(buf) >= limit:
             break
@@ -907,27 +1001,29 @@ def _parse_error_body(body: bytes, content_type: str) -> tuple[str | None, str]:
         return None, ""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None, f"unexpected response: {_printable(body)}"
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None, f"unexpected response: {_printable(body)}"
     first = errors[0]
     code = first.get("code") if isinstance(first.get("code"), str) else None
-    message = first.get("message") if isinstance(first.get("message"), str) else ""
+    message = first.get("message")
     detail = first.get("detail")
-    text = f"{code or 'ERROR'}: {message}".rstrip(": ")
+    # The registry's words, escaped and shortened: they must not forge lines or send escapes.
+    text = f"{_printable(code or 'ERROR')}: {_printable(message if isinstance(message, str) else '')}".rstrip(": ")
     if isinstance(detail, str) and detail:
-        text += f" ({_printable(detail.encode())})"
+        text += f" ({_printable(detail)})"
     elif isinstance(detail, dict | list) and detail:
-        text += f" ({_printable(json.dumps(detail).encode())})"
+        text += f" ({_printable(json.dumps(detail))})"
     if len(errors) > 1:
         text += f" (+{len(errors) - 1} more)"
     return code, text
 
 
-def _printable(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
+def _printable(data: bytes | str) -> str:
+    """Untrusted text for a message: control characters blanked, at most 200 characters."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     text = "".join(c if c.isprintable() else " " for c in text).strip()
     return text[:_BODY_EXCERPT] + ("…" if len(text) > _BODY_EXCERPT else "")
 
@@ -935,7 +1031,7 @@ def _printable(data: bytes) -> str:
 def _media_type_of(data: bytes) -> str:
     try:
         value = json.loads(data).get("mediaType")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return value if isinstance(value, str) else ""
 
@@ -1002,8 +1098,8 @@ def _describe_transport_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError | http.client.HTTPException):
         return f"connection broken ({type(exc).__name__})"
     if isinstance(exc, httpx.RemoteProtocolError):
-        return f"connection broken ({str(exc)[:_BODY_EXCERPT] or 'protocol error'})"
-    return f"{type(exc).__name__}: {str(exc)[:_BODY_EXCERPT]}"
+        return f"connection broken ({_printable(str(exc)) or 'protocol error'})"
+    return f"{type(exc).__name__}: {_printable(str(exc))}"
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
