@@ -508,9 +508,10 @@ def _open_temp(target: TargetDir, job: _FileJob, open_jobs: list[_FileJob]) -> N
             return  # the filesystem cannot reserve blocks (ftruncate already sized the file)
         free, hint = "", None
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = NO_SPACE_HINT
+        if exc.errno == errno.ENOSPC:  # under a quota, the filesystem's free space says nothing
             st = os.fstatvfs(job.fd)
             free = f" ({job.size:,} bytes needed, {st.f_bavail * st.f_frsize:,} free)"
-            hint = NO_SPACE_HINT
         raise OcifsError(f"cannot write {where}: {exc.strerror or exc}{free}", hint=hint) from None
 
 

@@ -100,7 +100,14 @@ def _userinfo_span(text: str) -> tuple[int, int] | None:
     if end < 0 and scheme:
         authority_end = text.find("/", start)
         end = text.rfind("@", start, authority_end if authority_end >= 0 else len(text))
-    return (start, end) if end >= 0 else None
+    if end < 0:
+        return None
+    # What follows must be a host[:port]: "repo@sha256:abc/x" is a broken digest, not a login.
+    host = text[end + 1 :].split("/", 1)[0]
+    _, colon, port = host.rpartition(":")
+    if colon and not host.endswith("]") and not port.isdigit():
+        return None
+    return start, end
 
 
 def redact_userinfo(text: str) -> str:

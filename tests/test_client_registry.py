@@ -142,11 +142,15 @@ async def test_wrong_credentials_give_a_clear_error(registry_factory: RegistryFa
 
 
 async def test_tls_without_the_ca_fails_clearly(registry_tls: RegistryServer) -> None:
-    # The system trust store does not know the test CA: a verification failure, named as such.
-    untrusted = ClientOptions(ca_file="/etc/ssl/certs/ca-certificates.crt", retry=RetryPolicy(1))
+    # The system trust store does not know the test CA: a verification failure, named as such,
+    # and not RegistryUnavailable, which callers (the fetcher) would retry: the same
+    # certificate comes back every time.
+    untrusted = ClientOptions(ca_file="/etc/ssl/certs/ca-certificates.crt")
     async with RegistryClient(registry_tls.host, options=untrusted) as client:
-        with pytest.raises(RegistryUnavailable) as info:
+        with pytest.raises(RegistryError) as info:
             await client.ping()
+        assert client.stats.retries == 0
+    assert not isinstance(info.value, RegistryUnavailable)
     assert "TLS handshake failed (CERTIFICATE_VERIFY_FAILED)" in str(info.value) and "--ca-file" in str(info.value)
     # Loopback defaults to plain HTTP; against a TLS port that says what to do.
     async with RegistryClient(registry_tls.host) as plain:

@@ -157,6 +157,61 @@ async def test_an_endless_body_of_an_answer_nobody_reads_is_not_read() -> None:
     assert all(body.pulled <= 64 * 1024 + 65536 for body in bodies), [body.pulled for body in bodies]
 
 
+async def test_a_malformed_upload_location_is_one_line() -> None:
+    """An upload session's ``Location`` that is not a URL (a broken IPv6 literal, a DEL)."""
+    for location in ("http://[::1/x", "/v2/r/blobs/uploads/u\x7f"):
+
+        def handler(request: httpx.Request, location: str = location) -> httpx.Response:
+            return httpx.Response(202, headers={"Location": location})
+
+        async with client_for(handler) as client:
+            with pytest.raises(RegistryError, match="the registry gave the upload a malformed Location") as info:
+                await client.upload_blob("r", DIGEST, BLOB)
+        one_printable_line(info.value)
+
+
+async def test_token_requests_carry_the_clients_headers_and_keep_the_answers_headers() -> None:
+    """A token request is built by hand: it still says who asks and that it wants identity."""
+    asked: list[httpx.Headers] = []
+
+    def token(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers)
+        return httpx.Response(200, json={"token": "good"}, headers={"X-Trace": "t1"})
+
+    async with client_for(bearer(token)) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    [headers] = asked
+    assert headers["accept-encoding"] == "identity" and headers["user-agent"].startswith("ocifs/")
+
+
+async def test_a_blob_labelled_x_gzip_is_taken_as_stored() -> None:
+    """Some servers label gzip layers ``Content-Encoding: x-gzip``: a blob is taken byte for
+    byte (its digest checks it), never inflated nor refused — on httpx as on the fast path."""
+    layer = gzip.compress(BLOB)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Encoding": "x-gzip", "Content-Length": str(len(layer))}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(layer))
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", Digest.of_bytes(layer), len(layer)) == layer
+        assert await client.get_blob_range("r", Digest.of_bytes(layer), 0, 10) == layer[:10]
+
+
+async def test_plain_http_to_a_tls_registry_names_the_flag_that_forced_it() -> None:
+    """Go's TLS server answers plain HTTP with a bare 400 (no headers; a HEAD gets no body)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400)
+
+    transport = httpx.MockTransport(handler)
+    options = ClientOptions(retry=FAST, plain_http=True)
+    async with RegistryClient("registry.test", options=options, transport=transport) as client:
+        with pytest.raises(RegistryError, match="speaks HTTPS, not plain HTTP: drop --plain-http") as info:
+            await client.blob_size("r", DIGEST)
+    one_printable_line(info.value)
+
+
 async def test_an_endless_tag_list_and_an_endless_error_answer_are_cut_off() -> None:
     bodies: list[Endless] = []
 
@@ -248,8 +303,8 @@ async def test_a_token_that_cannot_be_a_header_is_refused_never_sent_nor_shown(t
 
 @pytest.mark.parametrize(
     ("expires_in", "token_requests"),
-    [(-100, 1), (10**300, 1), (float("nan"), 1), ("300", 1), (0, 1)],
-    ids=["negative", "huge", "nan", "numeric-string", "zero"],
+    [(-100, 1), (10**300, 1), (10**400, 1), (float("nan"), 1), ("300", 1), (0, 1)],
+    ids=["negative", "huge", "beyond-a-float", "nan", "numeric-string", "zero"],
 )
 async def test_odd_token_lifetimes_still_cache_the_token(expires_in: object, token_requests: int) -> None:
     """A negative, zero, huge or NaN ``expires_in`` neither crashes nor makes every request

@@ -137,3 +137,11 @@ def test_redact_userinfo_leaves_references_without_credentials_alone() -> None:
     for text in ("ghcr.io/org/m:v1", "repo@sha256:" + HEX, "localhost:5000/a/b:t@sha256:" + HEX, "x@y"):
         assert redact_userinfo(text) == text
     assert redact_userinfo("u:p@h.io/r") == "***@h.io/r"
+
+
+def test_a_digest_followed_by_a_path_is_a_broken_digest_not_a_login() -> None:
+    """``repo@sha256:…/x`` has a "/" after its "@", but what follows the "@" is no host[:port]."""
+    with pytest.raises(InvalidReference) as info:
+        parse_reference(f"localhost:5000/repo@sha256:{HEX}/x")
+    message = str(info.value)
+    assert "malformed digest" in message and "***" not in message and "ocifs login sha256" not in message

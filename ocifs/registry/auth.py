@@ -190,15 +190,13 @@ class TokenAuthority:
         try:
             body = response.json()
             value = body.get("token") or body.get("access_token")
-            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            lifetime = _lifetime(body.get("expires_in"))
         except (ValueError, AttributeError, TypeError, RecursionError):
             raise RegistryError(f"{self._registry}: token service returned a malformed response") from None
         if not isinstance(value, str) or not value:
             raise RegistryError(f"{self._registry}: token service returned no token")
         if not _TOKEN_RE.fullmatch(value):  # never shown: it is a secret
             raise RegistryError(f"{self._registry}: token service returned a malformed token (not printable ASCII)")
-        if math.isnan(lifetime):
-            lifetime = DEFAULT_TOKEN_LIFETIME
         return value, max(lifetime, EXPIRY_MARGIN + 1)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Request:
@@ -210,3 +208,18 @@ class TokenAuthority:
             raise RegistryError(
                 f"{self._registry}: cannot build a token request from the Bearer challenge ({exc})"
             ) from None
+
+
+def _lifetime(expires_in: object) -> float:
+    """Seconds a token lives, from its ``expires_in``: absent, zero, negative, NaN or beyond a
+    float (none of which a token service means) give :data:`DEFAULT_TOKEN_LIFETIME` rather than
+    a token fetched for every request. Text that is not a number raises ValueError."""
+    if expires_in is None or isinstance(expires_in, bool):
+        return DEFAULT_TOKEN_LIFETIME
+    if not isinstance(expires_in, int | float | str):
+        raise TypeError(f"expires_in is a {type(expires_in).__name__}")
+    try:
+        lifetime = float(expires_in)
+    except OverflowError:  # an integer of hundreds of digits
+        return DEFAULT_TOKEN_LIFETIME
+    return lifetime if math.isfinite(lifetime) and lifetime > 0 else DEFAULT_TOKEN_LIFETIME

@@ -332,6 +332,7 @@ class RegistryClient:
                 consume=read,
                 what=f"blob {digest.short}",
                 fast=self._fast_sender(path, size, {}) if size is not None else None,
+                as_stored=True,
             )
         except SizeMismatch as exc:
             served = f"{'more than ' if exc.more else ''}{exc.served}"
@@ -423,6 +424,7 @@ class RegistryClient:
                 consume=read,
                 what=f"blob {digest.short}",
                 fast=self._fast_sender(path, end - start, range_header),
+                as_stored=True,
             )
         except SizeMismatch as exc:
             if exc.total is not None and exc.total < end:
@@ -532,7 +534,7 @@ class RegistryClient:
         location = response.headers.get("location")
         if not location:
             raise RegistryError(f"{self.registry}/{repository}: upload started without a Location header")
-        return str(response.url.join(location)), False
+        return self._upload_url(response, location, repository), False
 
     async def _finish_upload(self, repository: str, digest: Digest, body: bytes, location: str) -> None:
         url = _with_query(location, {"digest": str(digest)})
@@ -577,7 +579,7 @@ class RegistryClient:
             offset += len(piece)
             next_location = response.headers.get("location")
             if next_location:
-                location = str(response.url.join(next_location))
+                location = self._upload_url(response, next_location, repository)
         await self._exchange(
             "PUT",
             _with_query(location, {"digest": str(digest)}),
@@ -594,6 +596,8 @@ class RegistryClient:
         """One request, no auth and no retries (used by the token authority). The body is read
         only for a 200, and at most :data:`MAX_TOKEN_RESPONSE_BYTES` of it."""
         host = request.url.host
+        for name, value in self._http.headers.items():  # User-Agent, Accept-Encoding: identity
+            request.headers.setdefault(name, value)
         try:
             response = await self._http.send(request, stream=True)
             try:
@@ -610,7 +614,10 @@ class RegistryClient:
                 f"cannot reach the token service {host}: {_describe_transport_error(exc)}",
                 hint=fd_exhaustion_hint(fds) if fds is not None else None,
             ) from None
-        return httpx.Response(response.status_code, content=content, request=request)
+        # The body as read (or none): the headers that described the body on the wire go.
+        framing = {"content-encoding", "content-length", "transfer-encoding"}
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
 
     async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
         challenge = self._challenge
@@ -640,6 +647,7 @@ class RegistryClient:
         with_response: bool = False,
         fast: Callable[[dict[str, str]], Awaitable[FastResponse]] | None = None,
         attempts: int | None = None,
+        as_stored: bool = False,
     ) -> Any:
         """Send a request with auth and retries, and hand the response to ``consume``.
 
@@ -648,6 +656,10 @@ class RegistryClient:
         length) is not retried and reaches the caller, which names the blob. Returns what
         ``consume`` returns (with the response too if ``with_response``). Non-expected statuses
         become :mod:`ocifs.errors` exceptions.
+
+        A success answer with a ``Content-Encoding`` is refused (ocifs asks for identity), unless
+        ``as_stored``: blob bodies are taken byte for byte as sent, whatever they are labelled
+        (some servers label gzip layers ``x-gzip``), and their digest checks them.
 
         ``fast`` (blob GETs only) makes each attempt a threaded :class:`FastBlobReader` GET
         under the same retry policy and error messages; an attempt answered by an auth
@@ -678,10 +690,7 @@ class RegistryClient:
                     raise self._redirect_error(what or method, str(failure))
                 if failure is not None:
                     if attempt >= policy.attempts or is_certificate_failure(failure):
-                        raise RegistryUnavailable(
-                            f"{self.registry}: {what or method} failed: {_describe_transport_error(failure)}",
-                            hint=self._unreachable_hint(failure),
-                        ) from None
+                        raise self._transport_error(what or method, failure) from None
                     self.stats.retries += 1
                     delay = policy.backoff(attempt)
                     reason = _describe_transport_error(failure)
@@ -725,7 +734,7 @@ class RegistryClient:
                             attempt -= 1  # an auth round trip is not a failure
                             continue
                     if status in expected:
-                        if method != "HEAD" and consume not in (_discard, _keep):
+                        if not as_stored and method != "HEAD" and consume not in (_discard, _keep):
                             where = f"{self.registry}/{repository}" if repository else self.registry
                             _refuse_encoded(response, f"{where}: {what or method}")
                         result = await consume(response)
@@ -749,10 +758,7 @@ class RegistryClient:
                 if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Invalid URL in location"):
                     raise self._redirect_error(what or method, "redirected to a malformed URL") from None
                 if not is_retryable_exception(exc) or attempt >= policy.attempts:
-                    raise RegistryUnavailable(
-                        f"{self.registry}: {what or method} failed: {_describe_transport_error(exc)}",
-                        hint=self._unreachable_hint(exc),
-                    ) from None
+                    raise self._transport_error(what or method, exc) from None
                 delay = policy.backoff(attempt)
                 log.debug(
                     "%s %s: %s, retry %d in %.1fs",
@@ -764,6 +770,26 @@ class RegistryClient:
                 )
                 self.stats.retries += 1
             await trio.sleep(delay)
+
+    def _transport_error(self, what: str, exc: BaseException) -> RegistryError:
+        """The error for a request that failed below HTTP, retries spent or not worth making.
+        :class:`RegistryUnavailable` (which callers such as the fetcher retry later) only when a
+        later try could work; a certificate that fails verification is the same next time."""
+        message = f"{self.registry}: {what} failed: {_describe_transport_error(exc)}"
+        if is_certificate_failure(exc):
+            return RegistryError(message, hint=self._unreachable_hint(exc))
+        return RegistryUnavailable(message, hint=self._unreachable_hint(exc))
+
+    def _upload_url(self, response: httpx.Response, location: str, repository: str) -> str:
+        """The upload session's URL from a ``Location`` header (relative ones are common)."""
+        try:
+            return str(response.url.join(location))
+        except httpx.InvalidURL:
+            raise RegistryError(
+                f"{self.registry}/{repository}: the registry gave the upload a malformed Location "
+                f"{_printable(location)!r}",
+                hint="the registry (or a proxy in front of it) is misconfigured",
+            ) from None
 
     def _redirect_error(self, what: str, reason: str) -> RegistryError:
         """Redirects that cannot lead anywhere: a loop, or to a URL that is not http(s). Not
@@ -821,7 +847,8 @@ class RegistryClient:
         if status == 400 and plain_to_tls:
             return RegistryError(
                 f"{where}: this registry speaks HTTPS, not plain HTTP",
-                hint="pass --ca-file with its CA (or --insecure)",
+                hint=("drop --plain-http (or plain_http in the config) and " if self.options.plain_http else "")
+                + "pass --ca-file with its CA (or --insecure)",
                 status=status,
             )
         if status == 413:
