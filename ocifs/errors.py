@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import errno
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class OcifsError(Exception):
@@ -126,6 +129,16 @@ def fd_exhaustion(exc: BaseException, *, groups: bool = True) -> OSError | None:
     Transport libraries wrap it (httpx: ``ConnectError`` from httpcore's from the ``OSError``);
     whatever the wrapping, running out of descriptors is not a network problem.
     """
+    return find_cause(exc, OSError, lambda e: e.errno in FD_EXHAUSTION, groups=groups)
+
+
+def find_cause(
+    exc: BaseException, kind: type[E], match: Callable[[E], bool] = lambda e: True, *, groups: bool = False
+) -> E | None:
+    """The first exception of type ``kind`` (that ``match`` accepts) among ``exc`` itself and the
+    causes and contexts it was raised from — and, with ``groups``, the members of exception
+    groups on the way — or None. Libraries wrap the errors that tell what really failed (trio
+    wraps ``ssl.SSLError`` in ``BrokenResourceError``, httpx wraps that again)."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -133,7 +146,7 @@ def fd_exhaustion(exc: BaseException, *, groups: bool = True) -> OSError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in FD_EXHAUSTION:
+        if isinstance(current, kind) and match(current):
             return current
         if isinstance(current, BaseExceptionGroup):
             if not groups:

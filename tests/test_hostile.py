@@ -24,12 +24,10 @@ import hashlib
 import json
 import os
 import re
-import resource
 import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import pytest
 import trio
 from support.cachefiles import assert_cache_consistent
 from support.fault_proxy import FaultProxy, Status
+from support.measured_cli import Run, run_measured
 from support.mounts import mounted, mounter
 from support.registry import RegistryServer
 
@@ -65,10 +64,6 @@ ESCAPE_DIR = Path(tempfile.gettempdir()) / f"ocifs-hostile-{TOKEN}"
 # what the capped inputs cost (manifests <= 4 MiB, chunk indexes <= 8 MiB): a 7 MiB index of
 # 60,000 entries measured 90 MiB in all, a 15,000-chunk artifact pulled in 64 MiB.
 MAX_RSS_MIB = 160
-# Address-space cap for the CLI: a runaway allocation fails (one line, MemoryError caught or
-# not) instead of taking the machine down. Threads reserve stacks and malloc arenas, so the
-# cap is well above what the process really uses.
-ADDRESS_SPACE = 2 * 1024**3
 # The file every chunked layer of the corpus holds unless a case says otherwise.
 CHUNKED_DATA = bytes(range(256)) * 10
 
@@ -421,54 +416,9 @@ CASES: dict[str, Case] = {
 # -- running the CLI -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    max_rss_mib: float
-    seconds: float
-
-
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-
-# Runs the CLI and, at exit, writes its peak RSS (VmHWM, KiB) to $OCIFS_TEST_HWM. Not ru_maxrss
-# from wait4: that counts the pytest process's pages the child had between fork and exec.
-_MEASURED_CLI = """
-import atexit, os, runpy, sys
-
-def _report():
-    with open("/proc/self/status") as status:
-        peak = next(line for line in status if line.startswith("VmHWM:")).split()[1]
-    with open(os.environ["OCIFS_TEST_HWM"], "w") as out:
-        out.write(peak)
-
-atexit.register(_report)
-sys.argv[0] = "ocifs"
-runpy.run_module("ocifs", run_name="__main__")
-"""
-
-
 def run_cli(*args: str, timeout: float = 60) -> Run:
     """Run ``ocifs ARGS`` with a capped address space; report its peak RSS."""
-    with tempfile.TemporaryDirectory() as scratch:
-        report = Path(scratch) / "hwm"
-        started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-c", _MEASURED_CLI, *args],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-            preexec_fn=_limit_address_space,
-            env={**os.environ, "OCIFS_TEST_HWM": str(report)},
-        )
-        seconds = time.monotonic() - started
-        peak_kib = int(report.read_text()) if report.exists() else 0
-    return Run(proc.returncode, proc.stdout, proc.stderr, peak_kib / 1024, seconds)
+    return run_measured(*args, timeout=timeout)
 
 
 def assert_refused_in_one_line(run: Run, error: str) -> None:

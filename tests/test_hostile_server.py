@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import resource
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from support.measured_cli import Run, run_measured
 
 from ocifs.digest import Digest
 from ocifs.errors import InvalidDigest, OcifsError, RegistryError, RegistryUnavailable
@@ -544,49 +538,10 @@ async def test_redirects_that_lead_nowhere_are_one_error_not_retried(
     assert len(server.requests) == requests
 
 
-@dataclass
-class Run:
-    returncode: int
-    stderr: str
-    peak_mib: float
-    seconds: float
-
-
-# The CLI with its peak RSS (VmHWM) written at exit, and a 2 GiB address-space cap so that a
-# runaway read fails here instead of taking the machine down.
-_MEASURED_CLI = """
-import atexit, os, runpy, sys
-def _report():
-    with open("/proc/self/status") as status:
-        peak = next(line for line in status if line.startswith("VmHWM:")).split()[1]
-    with open(os.environ["OCIFS_TEST_HWM"], "w") as out:
-        out.write(peak)
-atexit.register(_report)
-sys.argv[0] = "ocifs"
-runpy.run_module("ocifs", run_name="__main__")
-"""
-
-
 def run_cli(tmp_path: Path, *args: str, stdin: str = "") -> Run:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
-
-    report = Path(tempfile.mkdtemp(dir=tmp_path)) / "hwm"
-    env = {**os.environ, "OCIFS_TEST_HWM": str(report), "DOCKER_CONFIG": str(tmp_path / "docker")}
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURED_CLI, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=40,
-        check=False,
-        preexec_fn=limit,
-        env=env,
-    )
-    peak = int(report.read_text()) / 1024 if report.exists() else 0.0
-    return Run(proc.returncode, proc.stderr, peak, time.monotonic() - started)
+    """``ocifs ARGS`` with a docker config of its own, its peak RSS measured and its address
+    space capped so that a runaway read fails here instead of taking the machine down."""
+    return run_measured(*args, stdin=stdin, env={"DOCKER_CONFIG": str(tmp_path / "docker")}, timeout=40)
 
 
 def assert_one_line(run: Run, pattern: str) -> str:
@@ -595,7 +550,7 @@ def assert_one_line(run: Run, pattern: str) -> str:
     line = run.stderr.rstrip("\n")
     assert all(c.isprintable() for c in line), repr(line)
     assert re.search(pattern, line), line
-    assert 0 < run.peak_mib < 100, f"peak RSS {run.peak_mib:.0f} MiB"
+    assert 0 < run.max_rss_mib < 100, f"peak RSS {run.max_rss_mib:.0f} MiB"
     return line
 
 

@@ -46,6 +46,7 @@ from ocifs.errors import (
     UsageError,
     fd_exhaustion,
     fd_exhaustion_hint,
+    find_cause,
 )
 from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
@@ -1131,11 +1132,4 @@ def _describe_transport_error(exc: BaseException) -> str:
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     """The ``ssl.SSLError`` behind a transport error (trio wraps it in BrokenResourceError)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return find_cause(exc, ssl.SSLError)

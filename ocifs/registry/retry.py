@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from ocifs.errors import find_cause
+
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -72,14 +74,7 @@ def is_retryable_exception(exc: BaseException) -> bool:
 def is_certificate_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it: trio and httpx wrap it) is a failed certificate
     verification — wrong CA, wrong name, expired — which no retry changes."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return find_cause(exc, ssl.SSLCertVerificationError) is not None
 
 
 def parse_retry_after(value: str | None) -> float | None:
