@@ -481,6 +481,8 @@ class ChunkCache:
         self._remember(digest, data)
         if self.max_size is not None and len(data) > self.max_size:
             return False
+        with self._lock:
+            failures_before = self._put_failures
         try:
             written = self._write_entry(digest, data)
         except FileNotFoundError:
@@ -501,12 +503,14 @@ class ChunkCache:
             self._total += len(data)
             self._written += len(data)
             write_conditions = {c for c in self._warned if not c.startswith("read ")}
-            if write_conditions and len(data) >= self._failed_put_size:
+            no_failure_since_start = self._put_failures == failures_before
+            if write_conditions and len(data) >= self._failed_put_size and no_failure_since_start:
                 # Writes work again (space was freed, the directory remounted read-write):
                 # say so, and re-arm the warnings in case the condition comes back. Only a
-                # write as large as the largest that failed counts: on a nearly full disk a
-                # small entry fits while chunks still do not, and concurrent writers would
-                # otherwise flip between "writable again" and a new warning.
+                # write as large as the largest that failed counts, and only one that began
+                # after the last failure: on a nearly full disk a small entry fits while
+                # chunks still do not, and a write that had its space before another failed
+                # proves nothing; either would flip between "writable again" and a new warning.
                 log.info("chunk cache %s is writable again", self.root)
                 self._warned -= write_conditions
                 self._failed_put_size = 0

@@ -517,6 +517,32 @@ def test_a_small_entry_fitting_on_a_full_disk_does_not_count_as_recovery(
     assert cache.stats().degraded == ()
 
 
+def test_a_write_that_began_before_a_failure_does_not_end_the_episode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: ExpectLog
+) -> None:
+    """Two writers on a nearly full disk: A has claimed its space when B fails for want of it;
+    A then completes. That proves nothing about free space: no "writable again", and the next
+    failure is the same episode (one warning), as seen with write-behind on a 2 MiB tmpfs."""
+    cache = ChunkCache(tmp_path)
+    real_write_all = chunk_cache._write_all
+    a, b, c = (chunk(i) for i in range(3))
+
+    def b_fails_while_a_writes(fd: int, data: bytes) -> None:
+        if data == a[1]:
+            monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+            assert cache.put(*b) is False  # B, meanwhile, finds the disk full
+        real_write_all(fd, data)
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(chunk_cache, "_write_all", b_fails_while_a_writes)
+    with expect_log(r"No space left on device", count=1):
+        assert cache.put(*a) is True  # A completes after B's failure
+        assert cache.put(*c) is False  # still full: the same episode, no second warning
+    assert cache.stats().degraded == ("ENOSPC",)
+
+
 @pytest.mark.parametrize("size", [1024 * 1024, 3 * 1024 * 1024 + 4095, 5 * 1024 * 1024 + 1])
 def test_large_entries_are_written_exactly_with_or_without_direct_io(tmp_path: Path, size: int) -> None:
     """Entries of 1 MiB and more bypass the page cache (O_DIRECT, aligned part, then the tail
