@@ -25,6 +25,7 @@ from ocifs.prefetch import (
     ByteBudget,
     Prefetcher,
     PrefetchMode,
+    Stream,
     Units,
 )
 
@@ -66,6 +67,13 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as n:
         yield n
         n.cancel_scope.cancel()
+
+
+def tensor_file_stream(nursery: trio.Nursery) -> tuple[Units, FakeFetch, Stream]:
+    """A read-ahead stream over a 16-chunk ``model.safetensors`` whose chunks arrive at once."""
+    units = Units.fixed(16 * CHUNK, CHUNK)
+    fetch = FakeFetch(units, delay=0)
+    return units, fetch, Prefetcher(nursery).open_stream("model.safetensors", units, fetch)
 
 
 def sequential(size: int, request: int = MiB) -> list[tuple[int, int]]:
@@ -172,9 +180,7 @@ async def test_record_boundaries_keep_read_ahead_inside_one_tensor(
     # A 64 MiB tensor from byte 5 chunks + 100 in: loading it alone must not pull in the chunks
     # after it, however far the window has grown; the run starts 2 MiB early, as the kernel's
     # read-around of a page fault does.
-    units = Units.fixed(16 * CHUNK, CHUNK)
-    fetch = FakeFetch(units, delay=0)
-    stream = Prefetcher(nursery).open_stream("model.safetensors", units, fetch)
+    units, fetch, stream = tensor_file_stream(nursery)
     tensor_start, tensor_end = 5 * CHUNK + 100, 9 * CHUNK + 100
     stream.set_boundaries([100, tensor_start, tensor_end, 13 * CHUNK + 100, 16 * CHUNK])
     for offset, size in sequential(tensor_end - (tensor_start - 2 * MiB), MiB):
@@ -194,9 +200,7 @@ async def test_record_boundaries_keep_read_ahead_inside_one_tensor(
 async def test_boundaries_learnt_during_a_run_apply_to_it(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    units = Units.fixed(16 * CHUNK, CHUNK)
-    fetch = FakeFetch(units, delay=0)
-    stream = Prefetcher(nursery).open_stream("model.safetensors", units, fetch)
+    _, fetch, stream = tensor_file_stream(nursery)
     stream.on_read(CHUNK, MiB)
     stream.set_boundaries([3 * CHUNK])
     for offset in range(CHUNK + MiB, 3 * CHUNK, MiB):
