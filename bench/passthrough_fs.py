@@ -6,10 +6,10 @@ SIGTERM/SIGINT or an unmount, in the foreground. Prints ``ready`` on stdout once
 answers and is tuned.
 
 Same shape as an ocifs mount, minus everything ocifs does per byte: pyfuse3 on trio, the mount
-options of :func:`ocifs.daemon.fuse_options` (only ``subtype`` differs, so nothing mistakes this
+options of :func:`ocifs.fs.daemon.fuse_options` (only ``subtype`` differs, so nothing mistakes this
 mount for an ocifs one), ``keep_cache`` and no ``direct_io`` at open, ocifs's entry/attr
 timeouts and ``st_blksize``, and after the handshake the same kernel tuning
-(:func:`ocifs.daemon.tune_mount` with ocifs's default ``read_ahead_kb`` and ``max_background``).
+(:func:`ocifs.fs.daemon.tune_mount` with ocifs's default ``read_ahead_kb`` and ``max_background``).
 ``read()`` is one ``os.pread`` on the fd opened at ``open()``, in the handler itself: with the
 source in the page cache, a read costs FUSE + pyfuse3 + Python only. The mount benchmark
 (``bench/mount_bench.py``) reads a page-cached file through it: the "FUSE ceiling" row.
@@ -28,9 +28,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ocifs.daemon import DEFAULT_READ_AHEAD_KB, MountConfig, fuse_options, tune_mount
-from ocifs.fs import BLOCK_SIZE
-from ocifs.fuse_ops import TIMEOUT
+from ocifs.fs.daemon import DEFAULT_READ_AHEAD_KB, MountConfig, fuse_options, tune_mount
+from ocifs.fs.filesystem import BLOCK_SIZE
+from ocifs.fs.fuse_ops import TIMEOUT
 from ocifs.registry.client import ClientOptions
 
 log = logging.getLogger("passthrough_fs")

@@ -47,7 +47,7 @@ try:
     _c.RegistryClient._exchange = _traced
 except (ImportError, AttributeError) as exc:
     print(f"request trace unavailable: {exc}", file=sys.stderr)
-from ocifs.cli import main
+from ocifs.commands.cli import main
 try:
     rc = main(sys.argv[2:])
 except SystemExit as exc:

@@ -447,9 +447,11 @@ def _check_ocifs_pull(result: ProcResult, art: Artifact, warm: bool) -> dict[str
 #: they skip caching or verification. Names combine with " + ".
 VARIANT_PATCHES: dict[str, str] = {
     "as is": "",
-    "no cache write": "import ocifs.chunk_cache as m\nm.ChunkCache._write_entry = lambda self, digest, data: True\n",
+    "no cache write": "import ocifs.cache.store as m\nm.ChunkCache._write_entry = lambda self, digest, data: True\n",
     "no chunk sha256": "import ocifs.digest as m\nm.Digest.matches = lambda self, data: True\n",
-    "no whole-file sha256": "import ocifs.pull as m\nm._FileJob.hashes_whole_file = property(lambda self: False)\n",
+    "no whole-file sha256": (
+        "import ocifs.commands.pull as m\nm._FileJob.hashes_whole_file = property(lambda self: False)\n"
+    ),
     "MALLOC_MMAP_THRESHOLD_=1M": "",
 }
 
@@ -461,7 +463,7 @@ def ocifs_command(variant: str = "as is") -> tuple[list[str], dict[str, str] | N
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MIB)) if "MALLOC_MMAP_THRESHOLD_=1M" in names else None
     if not patch:
         return [sys.executable, "-m", "ocifs"], env
-    code = patch + "import sys\nfrom ocifs.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = patch + "import sys\nfrom ocifs.commands.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     return [sys.executable, "-c", code], env
 
 

@@ -1,5 +1,5 @@
 """``python -m ocifs`` runs the command-line interface."""
 
-from ocifs.cli import main
+from ocifs.commands.cli import main
 
 raise SystemExit(main())

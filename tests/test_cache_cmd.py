@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from ocifs.cache_cmd import format_size, run_cache
-from ocifs.chunk_cache import TEMP_PREFIX, ChunkCache
-from ocifs.cli import build_parser
+from ocifs.cache.store import TEMP_PREFIX, ChunkCache
+from ocifs.commands.cache import run_cache
+from ocifs.commands.cli import build_parser
 from ocifs.digest import Digest
+from ocifs.units import format_size
 
 ExpectLog = Callable[..., AbstractContextManager[Any]]
 KiB = 1024

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ocifs import chunk_cache
-from ocifs.chunk_cache import STALE_TEMP_AGE, ChunkCache, default_cache_dir
+from ocifs.cache import store as chunk_cache
+from ocifs.cache.store import STALE_TEMP_AGE, ChunkCache, default_cache_dir
 from ocifs.digest import Digest
 from ocifs.errors import CacheError, IntegrityError
 
@@ -389,7 +389,7 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 _WORKER = r"""
 import random, sys, time
 from pathlib import Path
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 
 root, worker, max_size, shared, private, rounds = sys.argv[1:7]
@@ -457,7 +457,7 @@ def test_concurrent_processes_evicting_leave_a_consistent_bounded_cache(tmp_path
 #: A child process that claims ``b"claimed"`` in the cache at argv[1], prints the claim, then
 #: holds it for argv[2] seconds (never releasing it, as after kill -9).
 CLAIM_AND_HOLD = (
-    "import sys, time; from pathlib import Path; from ocifs.chunk_cache import ChunkCache; "
+    "import sys, time; from pathlib import Path; from ocifs.cache.store import ChunkCache; "
     "from ocifs.digest import Digest; "
     "print(ChunkCache(Path(sys.argv[1])).try_claim(Digest.of_bytes(b'claimed')), flush=True); "
     "time.sleep(float(sys.argv[2]))"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ocifs import cli, config
+from ocifs import config, units
+from ocifs.commands import cli
 from ocifs.errors import ConfigError
 
 GOOD = """
@@ -114,10 +115,10 @@ def test_cli_with_a_bad_config_file_is_one_line_and_nonzero(tmp_path: Path) -> N
 
 
 def test_size_parsing() -> None:
-    assert config.parse_size("16M") == 16 << 20
-    assert config.parse_size("1.5GiB") == 3 << 29
-    assert config.parse_size("4096") == 4096
-    assert config.parse_size(7) == 7
+    assert units.parse_size("16M") == 16 << 20
+    assert units.parse_size("1.5GiB") == 3 << 29
+    assert units.parse_size("4096") == 4096
+    assert units.parse_size(7) == 7
     for bad in ("", "M", "1X", "-1", "1..2"):
         with pytest.raises(ValueError):
-            config.parse_size(bad)
+            units.parse_size(bad)

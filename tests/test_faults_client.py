@@ -44,10 +44,10 @@ from support.fault_proxy import (
 )
 from support.registry import RegistryFactory, RegistryServer
 
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.fetcher import Fetcher
+from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import BlobSizeMismatch, IntegrityError, RegistryUnavailable
-from ocifs.fetcher import Fetcher
 from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy

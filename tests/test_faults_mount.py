@@ -33,7 +33,7 @@ from support.fault_proxy import Fault, FaultProxy, Flip, Reset, Slow, Stall, Sta
 from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
-from ocifs import push
+from ocifs.commands import push
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 

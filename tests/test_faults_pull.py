@@ -47,8 +47,9 @@ from support.fault_proxy import (
 from support.mounts import mounter
 from support.registry import RegistryServer
 
-from ocifs import index, push
+from ocifs.commands import push
 from ocifs.digest import Digest
+from ocifs.format.media import MEDIA_TYPE_CHUNK_INDEX
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 
@@ -280,7 +281,7 @@ def with_resized_chunk(registry: RegistryServer, art: Artifact, number: int, del
     async def go() -> str:
         async with RegistryClient(parse_reference(art.ref).registry) as client:
             manifest = (await client.get_manifest(art.repo, "v1")).json()
-            layer = next(x for x in manifest["layers"] if x["mediaType"] == index.MEDIA_TYPE_CHUNK_INDEX)
+            layer = next(x for x in manifest["layers"] if x["mediaType"] == MEDIA_TYPE_CHUNK_INDEX)
             doc = json.loads(await client.get_blob(art.repo, Digest.parse(layer["digest"]), layer["size"]))
             entry = doc["chunks"][number]
             real = art.contents["model.bin"][entry["offset"] : entry["offset"] + entry["size"]]

@@ -31,12 +31,13 @@ from support.fault_proxy import (
 )
 from support.registry import RegistryServer
 
-from ocifs import index, push
-from ocifs.artifact import load_chunk_index, resolve
+from ocifs.commands import push
 from ocifs.digest import Digest
 from ocifs.errors import RegistryUnavailable
+from ocifs.format.model import ChunkedFile
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions, RegistryClient
+from ocifs.registry.resolve import load_chunk_index, resolve
 from ocifs.registry.retry import RetryPolicy
 
 # The bound for every fault test: none over 60 s.
@@ -85,7 +86,7 @@ async def read_back(registry: RegistryServer, repo: str, tag: str = "v1") -> dic
     async with RegistryClient(registry.host) as client:
         resolved = await resolve(client, ref)
         for f in resolved.artifact.files:
-            if isinstance(f, index.ChunkedFile):
+            if isinstance(f, ChunkedFile):
                 layout = await load_chunk_index(client, repo, f)
                 parts = [await client.get_blob(repo, c.digest, c.size) for c in layout.chunks]
                 assert all(c.digest.matches(p) for c, p in zip(layout.chunks, parts, strict=True))

@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.fetcher import Fetcher
+from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, NotFound, RegistryUnavailable
-from ocifs.fetcher import Fetcher
 
 REPO = "models/llama"
 ExpectLog = Callable[..., AbstractContextManager[Any]]

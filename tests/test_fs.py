@@ -30,15 +30,17 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocifs import fs as fs_module
-from ocifs import index
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.fetcher import Fetcher
+from ocifs.cache.prefetch import Prefetcher, PrefetchMode
+from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, NotFound, PermissionDenied, RegistryUnavailable
-from ocifs.fetcher import Fetcher
-from ocifs.fs import ROOT_INODE, FileSystem, IsADirectory
-from ocifs.fuse_ops import TIMEOUT, Operations
-from ocifs.prefetch import Prefetcher, PrefetchMode
+from ocifs.format.build import build_chunk_index, build_manifest, fixed_layout
+from ocifs.format.model import Artifact, ChunkedEntry, ChunkedFile, ChunkRef, PlainFile
+from ocifs.format.parse import parse_manifest
+from ocifs.fs import filesystem as fs_module
+from ocifs.fs.filesystem import ROOT_INODE, FileSystem, IsADirectory
+from ocifs.fs.fuse_ops import TIMEOUT, Operations
 
 REPO = "models/test"
 CHUNK = 1000
@@ -86,21 +88,21 @@ class FakeRegistry:
         return sum(self.gets.values()) + len(self.ranges)
 
 
-def build(registry: FakeRegistry, files: dict[str, bytes], chunk_size: int = CHUNK) -> index.Artifact:
+def build(registry: FakeRegistry, files: dict[str, bytes], chunk_size: int = CHUNK) -> Artifact:
     """Push ``files`` into ``registry`` as ocifs does: chunked above ``chunk_size``, else plain."""
-    entries: list[index.ChunkedEntry | index.PlainFile] = []
+    entries: list[ChunkedEntry | PlainFile] = []
     for path, data in files.items():
         if len(data) > chunk_size:
             refs = []
-            for offset, length in index.fixed_layout(len(data), chunk_size):
-                refs.append(index.ChunkRef(registry.add(data[offset : offset + length]), length, offset))
-            chunk_index = index.build_chunk_index(len(data), refs, file_digest=Digest.of_bytes(data))
+            for offset, length in fixed_layout(len(data), chunk_size):
+                refs.append(ChunkRef(registry.add(data[offset : offset + length]), length, offset))
+            chunk_index = build_chunk_index(len(data), refs, file_digest=Digest.of_bytes(data))
             registry.add(chunk_index.to_bytes())
-            entries.append(index.ChunkedEntry(path, chunk_index))
+            entries.append(ChunkedEntry(path, chunk_index))
         else:
-            entries.append(index.PlainFile(path, len(data), registry.add(data), "text/plain"))
-    manifest = index.build_manifest(entries, annotations={"org.opencontainers.image.created": "2024-05-01T12:00:00Z"})
-    return index.parse_manifest(manifest)
+            entries.append(PlainFile(path, len(data), registry.add(data), "text/plain"))
+    manifest = build_manifest(entries, annotations={"org.opencontainers.image.created": "2024-05-01T12:00:00Z"})
+    return parse_manifest(manifest)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -317,9 +319,9 @@ async def test_an_index_that_contradicts_the_manifest_is_refused(
     a, b = payload(2500, 10), payload(2500, 11)
     artifact = build(registry, {"a.bin": a, "b.bin": b})
     file_a, file_b = artifact.files
-    assert isinstance(file_a, index.ChunkedFile) and isinstance(file_b, index.ChunkedFile)
-    forged = index.ChunkedFile("a.bin", 2500, None, file_b.index, file_a.chunks)
-    artifact = index.Artifact(None, artifact.media_type, None, artifact.config, (forged,))
+    assert isinstance(file_a, ChunkedFile) and isinstance(file_b, ChunkedFile)
+    forged = ChunkedFile("a.bin", 2500, None, file_b.index, file_a.chunks)
+    artifact = Artifact(None, artifact.media_type, None, artifact.config, (forged,))
     filesystem = FileSystem(artifact, REPO, Fetcher(registry, cache))
     inode = inodes_by_path(filesystem)["a.bin"]
     with expect_log("invalid chunk index", level=logging.ERROR, count=1), pytest.raises(FormatError):
@@ -342,7 +344,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> int:
     return 256
 
 
-def plain_only(registry: FakeRegistry, data: bytes) -> index.Artifact:
+def plain_only(registry: FakeRegistry, data: bytes) -> Artifact:
     return build(registry, {"layer.tar": data}, chunk_size=len(data) + 1)
 
 

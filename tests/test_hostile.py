@@ -42,19 +42,31 @@ from support.measured_cli import Run, run_measured
 from support.mounts import mounted, mounter
 from support.registry import RegistryServer
 
-from ocifs import index
 from ocifs.digest import Digest
 from ocifs.errors import RegistryError
+from ocifs.format.build import build_chunk_index, build_manifest
+from ocifs.format.media import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_PATH,
+    ANNOTATION_SIZE,
+    ANNOTATION_TITLE,
+    DEFAULT_ARTIFACT_TYPE,
+    EMPTY_JSON_DIGEST,
+    MAX_LAYERS,
+    MEDIA_TYPE_CHUNK,
+    MEDIA_TYPE_CHUNK_INDEX,
+)
+from ocifs.format.model import EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef
 from ocifs.registry.client import OCI_INDEX, OCI_MANIFEST, ClientOptions, RegistryClient
 from ocifs.registry.retry import RetryPolicy
 
-TITLE = index.ANNOTATION_TITLE
-PATH = index.ANNOTATION_PATH
-SIZE = index.ANNOTATION_SIZE
-FILE_DIGEST = index.ANNOTATION_DIGEST
-CHUNK_INDEX = index.MEDIA_TYPE_CHUNK_INDEX
-CHUNK = index.MEDIA_TYPE_CHUNK
-EMPTY_CONFIG = index.EMPTY_DESCRIPTOR.to_json()
+TITLE = ANNOTATION_TITLE
+PATH = ANNOTATION_PATH
+SIZE = ANNOTATION_SIZE
+FILE_DIGEST = ANNOTATION_DIGEST
+CHUNK_INDEX = MEDIA_TYPE_CHUNK_INDEX
+CHUNK = MEDIA_TYPE_CHUNK
+EMPTY_CONFIG = EMPTY_DESCRIPTOR.to_json()
 
 # A unique name for files a successful attack would create, so the test can look for them.
 TOKEN = secrets.token_hex(6)
@@ -139,7 +151,7 @@ def manifest(layers: list[dict[str, Any]], **fields: Any) -> bytes:
     doc: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": index.DEFAULT_ARTIFACT_TYPE,
+        "artifactType": DEFAULT_ARTIFACT_TYPE,
         "config": EMPTY_CONFIG,
         "layers": layers,
     }
@@ -598,16 +610,16 @@ async def store_extreme(server: RegistryServer, repository: str, chunks: int, an
     """A file of ``chunks`` one-byte chunks (the most layers a 4 MiB manifest holds) and a
     manifest annotation of ``annotation_bytes``: both within every limit. Returns the file."""
     data = bytes(n % 251 for n in range(chunks))
-    refs = [index.ChunkRef(Digest.of_bytes(data[n : n + 1]), 1, n) for n in range(chunks)]
-    chunk_index = index.build_chunk_index(chunks, refs, file_digest=Digest.of_bytes(data))
-    manifest_bytes = index.build_manifest(
-        [index.ChunkedEntry("many/chunks.bin", chunk_index)],
+    refs = [ChunkRef(Digest.of_bytes(data[n : n + 1]), 1, n) for n in range(chunks)]
+    chunk_index = build_chunk_index(chunks, refs, file_digest=Digest.of_bytes(data))
+    manifest_bytes = build_manifest(
+        [ChunkedEntry("many/chunks.bin", chunk_index)],
         annotations={"org.example.notes": "n" * annotation_bytes},
-        layer_budget=index.MAX_LAYERS,
+        layer_budget=MAX_LAYERS,
     )
     blobs = {ref.digest: data[ref.offset : ref.end] for ref in refs}
     blobs[Digest.of_bytes(chunk_index.to_bytes())] = chunk_index.to_bytes()
-    blobs[index.EMPTY_JSON_DIGEST] = b"{}"
+    blobs[EMPTY_JSON_DIGEST] = b"{}"
     async with RegistryClient(server.host) as client:
         for digest, blob in blobs.items():
             await client.upload_blob(repository, digest, blob)

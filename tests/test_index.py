@@ -19,9 +19,43 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocifs import index as ix
+import ocifs.format as format_package
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError
+from ocifs.format import checks as checks_module
+from ocifs.format import parse as parse_module
+from ocifs.format.build import build_chunk_index, build_manifest, chunked_file, fixed_layout, is_chunked
+from ocifs.format.media import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_TITLE,
+    DEFAULT_ARTIFACT_TYPE,
+    DEFAULT_CHUNK_SIZE,
+    EMPTY_BLOB_DIGEST,
+    EMPTY_JSON_DIGEST,
+    MAX_CHUNK_SIZE,
+    MAX_INDEX_BYTES,
+    MAX_LAYERS,
+    MAX_MANIFEST_BYTES,
+    MEDIA_TYPE_CHUNK,
+    MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_EMPTY,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+)
+from ocifs.format.model import (
+    EMPTY_CONFIG_DATA,
+    EMPTY_DESCRIPTOR,
+    ChunkedEntry,
+    ChunkedFile,
+    ChunkIndex,
+    ChunkRef,
+    Descriptor,
+    PlainFile,
+)
+from ocifs.format.parse import parse_chunk_index, parse_descriptor, parse_manifest
+from ocifs.format.paths import check_paths, part_title, validate_path
+from ocifs.format.plan import plan_chunk_size
 
 MiB = 1024 * 1024
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "spec.md"
@@ -35,16 +69,16 @@ def fake_digest(label: str) -> Digest:
     return Digest.of_bytes(label.encode())
 
 
-def make_index(sizes: list[int], label: str = "f", file_digest: bool = True) -> ix.ChunkIndex:
+def make_index(sizes: list[int], label: str = "f", file_digest: bool = True) -> ChunkIndex:
     refs, offset = [], 0
     for n, size in enumerate(sizes):
-        refs.append(ix.ChunkRef(fake_digest(f"{label}-{n}"), size, offset))
+        refs.append(ChunkRef(fake_digest(f"{label}-{n}"), size, offset))
         offset += size
-    return ix.build_chunk_index(offset, refs, file_digest=fake_digest(label) if file_digest else None)
+    return build_chunk_index(offset, refs, file_digest=fake_digest(label) if file_digest else None)
 
 
-def plain(path: str, content: bytes = b"hello\n", media_type: str = "text/plain") -> ix.PlainFile:
-    return ix.PlainFile(path, len(content), Digest.of_bytes(content), media_type)
+def plain(path: str, content: bytes = b"hello\n", media_type: str = "text/plain") -> PlainFile:
+    return PlainFile(path, len(content), Digest.of_bytes(content), media_type)
 
 
 BIG = make_index([4 * MiB, 4 * MiB, 2 * MiB], "big")
@@ -52,7 +86,7 @@ BIG = make_index([4 * MiB, 4 * MiB, 2 * MiB], "big")
 
 def valid_manifest() -> dict[str, Any]:
     """A manifest with a chunked file (layers 0-3), a plain file (4) and a foreign layer (5)."""
-    data = ix.build_manifest([ix.ChunkedEntry("models/big.bin", BIG), plain("README.md")])
+    data = build_manifest([ChunkedEntry("models/big.bin", BIG), plain("README.md")])
     doc: dict[str, Any] = json.loads(data)
     doc["layers"].append({"mediaType": "application/vnd.example.blob", "digest": str(fake_digest("x")), "size": 3})
     return doc
@@ -64,7 +98,7 @@ def dump(doc: object) -> bytes:
 
 def refused(data: bytes, *fragments: str, **kwargs: Any) -> FormatError:
     with pytest.raises(FormatError) as info:
-        ix.parse_manifest(data, **kwargs)
+        parse_manifest(data, **kwargs)
     message = str(info.value)
     assert "\n" not in message
     for fragment in fragments:
@@ -86,20 +120,20 @@ def setitem(obj: dict[str, Any] | list[Any], key: Any, value: Any) -> None:
     obj[key] = value
 
 
-def chunked_parsed() -> ix.ChunkedFile:
-    f = ix.parse_manifest(dump(valid_manifest())).files[0]
-    assert isinstance(f, ix.ChunkedFile)
+def chunked_parsed() -> ChunkedFile:
+    f = parse_manifest(dump(valid_manifest())).files[0]
+    assert isinstance(f, ChunkedFile)
     return f
 
 
-def index_refused(doc: object, *fragments: str, expected: ix.ChunkedFile | None = None) -> None:
+def index_refused(doc: object, *fragments: str, expected: ChunkedFile | None = None) -> None:
     """parse_chunk_index of ``doc`` against a descriptor that does match its bytes."""
     data = doc if isinstance(doc, bytes) else dump(doc)
     base = expected or chunked_parsed()
-    desc = ix.Descriptor(ix.MEDIA_TYPE_CHUNK_INDEX, Digest.of_bytes(data), len(data), base.index.annotations)
-    target = ix.ChunkedFile(base.path, base.size, base.file_digest, desc, base.chunks)
+    desc = Descriptor(MEDIA_TYPE_CHUNK_INDEX, Digest.of_bytes(data), len(data), base.index.annotations)
+    target = ChunkedFile(base.path, base.size, base.file_digest, desc, base.chunks)
     with pytest.raises(FormatError) as info:
-        ix.parse_chunk_index(data, target)
+        parse_chunk_index(data, target)
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
 
@@ -108,26 +142,26 @@ def valid_index_doc() -> dict[str, Any]:
     return json.loads(BIG.to_bytes())  # type: ignore[no-any-return]
 
 
-def parse_index_doc(doc: object, base: ix.ChunkedFile | None = None) -> ix.ChunkIndex:
+def parse_index_doc(doc: object, base: ChunkedFile | None = None) -> ChunkIndex:
     data = dump(doc)
     base = base or chunked_parsed()
-    desc = ix.Descriptor(ix.MEDIA_TYPE_CHUNK_INDEX, Digest.of_bytes(data), len(data), base.index.annotations)
-    return ix.parse_chunk_index(data, ix.ChunkedFile(base.path, base.size, base.file_digest, desc, base.chunks))
+    desc = Descriptor(MEDIA_TYPE_CHUNK_INDEX, Digest.of_bytes(data), len(data), base.index.annotations)
+    return parse_chunk_index(data, ChunkedFile(base.path, base.size, base.file_digest, desc, base.chunks))
 
 
 # --- the spec's worked example ----------------------------------------------------------------------
 
 
-def example() -> tuple[bytes, ix.ChunkIndex, bytes]:
+def example() -> tuple[bytes, ChunkIndex, bytes]:
     """The example of docs/spec.md §10: (manifest bytes, chunk index, model.bin content)."""
     content = numpy.arange(10 * MiB, dtype=">u4").tobytes()  # 40 MiB: 0, 1, 2... as big-endian uint32
-    refs = [ix.ChunkRef(Digest.of_bytes(content[o : o + n]), n, o) for o, n in ix.fixed_layout(len(content), 16 * MiB)]
-    index = ix.build_chunk_index(len(content), refs, file_digest=Digest.of_bytes(content))
+    refs = [ChunkRef(Digest.of_bytes(content[o : o + n]), n, o) for o, n in fixed_layout(len(content), 16 * MiB)]
+    index = build_chunk_index(len(content), refs, file_digest=Digest.of_bytes(content))
     readme = b"# Example\n\nmodel.bin is 40 MiB stored as three chunks.\n"
-    manifest = ix.build_manifest(
+    manifest = build_manifest(
         [
-            ix.ChunkedEntry("model.bin", index),
-            ix.PlainFile("README.md", len(readme), Digest.of_bytes(readme), "text/markdown"),
+            ChunkedEntry("model.bin", index),
+            PlainFile("README.md", len(readme), Digest.of_bytes(readme), "text/markdown"),
         ]
     )
     return manifest, index, content
@@ -142,10 +176,10 @@ def test_spec_example_is_exactly_what_the_builder_writes() -> None:
     assert f"{len(manifest)} bytes" in spec
     assert str(Digest.of_bytes(index.to_bytes())) in spec
     assert str(Digest.of_bytes(content)) in spec
-    artifact = ix.parse_manifest(manifest)
+    artifact = parse_manifest(manifest)
     big = artifact.files[0]
-    assert isinstance(big, ix.ChunkedFile)
-    assert ix.parse_chunk_index(index.to_bytes(), big) == index
+    assert isinstance(big, ChunkedFile)
+    assert parse_chunk_index(index.to_bytes(), big) == index
     # Old clients: the parts, concatenated in title order, are the file.
     parts = sorted(big.chunks, key=lambda d: d.title or "")
     assert b"".join(content[r.offset : r.end] for r in index.chunks) == content
@@ -154,9 +188,9 @@ def test_spec_example_is_exactly_what_the_builder_writes() -> None:
 
 def test_spec_names_every_rule_the_code_checks() -> None:
     spec = SPEC.read_text()
-    code = Path(ix.__file__).read_text()
+    code = "".join(p.read_text() for p in Path(format_package.__file__).parent.glob("*.py"))
     for rule in sorted(set(re.findall(r"\bR(\d+)\b", code)), key=int):
-        assert re.search(rf"\*\*R{rule}\*\*", spec), f"R{rule} is checked in index.py but not defined in spec.md"
+        assert re.search(rf"\*\*R{rule}\*\*", spec), f"R{rule} is checked in ocifs/format/ but not defined in spec.md"
     for rule in re.findall(r"\*\*R(\d+)\*\*", spec):
         assert re.search(rf"\bR{rule}\b", code), f"spec rule R{rule} has no check in index.py"
 
@@ -166,36 +200,36 @@ def test_spec_names_every_rule_the_code_checks() -> None:
 
 def test_build_then_parse_round_trips() -> None:
     small = plain("docs/a.txt")
-    empty = ix.PlainFile("empty", 0, ix.EMPTY_BLOB_DIGEST)
-    data = ix.build_manifest([ix.ChunkedEntry("m/big.bin", BIG), small, empty], annotations={"org.example": "yes"})
-    artifact = ix.parse_manifest(data)
+    empty = PlainFile("empty", 0, EMPTY_BLOB_DIGEST)
+    data = build_manifest([ChunkedEntry("m/big.bin", BIG), small, empty], annotations={"org.example": "yes"})
+    artifact = parse_manifest(data)
     assert artifact.manifest_digest == Digest.of_bytes(data)
-    assert artifact.artifact_type == ix.DEFAULT_ARTIFACT_TYPE
-    assert artifact.config == ix.EMPTY_DESCRIPTOR
+    assert artifact.artifact_type == DEFAULT_ARTIFACT_TYPE
+    assert artifact.config == EMPTY_DESCRIPTOR
     assert artifact.annotations == {"org.example": "yes"}
-    assert artifact.files == (ix.chunked_file("m/big.bin", BIG), small, empty)
+    assert artifact.files == (chunked_file("m/big.bin", BIG), small, empty)
     assert artifact.skipped == ()
     assert artifact.find("docs/a.txt") == small and artifact.find("docs") is None
     assert artifact.total_size == BIG.size + small.size
     big = artifact.files[0]
-    assert isinstance(big, ix.ChunkedFile)
-    assert ix.parse_chunk_index(BIG.to_bytes(), big) == BIG
+    assert isinstance(big, ChunkedFile)
+    assert parse_chunk_index(BIG.to_bytes(), big) == BIG
     layout = big.layout()
     assert layout.chunks == BIG.chunks and layout.size == BIG.size
 
 
 def test_manifest_bytes_are_canonical() -> None:
-    data = ix.build_manifest([plain("a")])
+    data = build_manifest([plain("a")])
     doc = json.loads(data)
     assert data == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert doc["mediaType"] == ix.MEDIA_TYPE_MANIFEST and doc["schemaVersion"] == 2
-    assert doc["config"] == {"mediaType": ix.MEDIA_TYPE_EMPTY, "digest": str(ix.EMPTY_JSON_DIGEST), "size": 2}
-    assert Digest.of_bytes(ix.EMPTY_CONFIG_DATA) == ix.EMPTY_JSON_DIGEST
+    assert doc["mediaType"] == MEDIA_TYPE_MANIFEST and doc["schemaVersion"] == 2
+    assert doc["config"] == {"mediaType": MEDIA_TYPE_EMPTY, "digest": str(EMPTY_JSON_DIGEST), "size": 2}
+    assert Digest.of_bytes(EMPTY_CONFIG_DATA) == EMPTY_JSON_DIGEST
 
 
 def test_chunk_layers_follow_their_index_with_part_titles_and_the_index_has_no_title() -> None:
-    layers = json.loads(ix.build_manifest([ix.ChunkedEntry("d/f.bin", BIG)]))["layers"]
-    assert [x["mediaType"] for x in layers] == [ix.MEDIA_TYPE_CHUNK_INDEX] + [ix.MEDIA_TYPE_CHUNK] * 3
+    layers = json.loads(build_manifest([ChunkedEntry("d/f.bin", BIG)]))["layers"]
+    assert [x["mediaType"] for x in layers] == [MEDIA_TYPE_CHUNK_INDEX] + [MEDIA_TYPE_CHUNK] * 3
     assert layers[0]["annotations"] == {
         "dev.ocifs.path": "d/f.bin",
         "dev.ocifs.size": str(BIG.size),
@@ -210,48 +244,48 @@ def test_chunk_layers_follow_their_index_with_part_titles_and_the_index_has_no_t
 def test_index_without_file_digest_omits_annotation_and_field() -> None:
     index = make_index([3, 2], file_digest=False)
     assert "fileDigest" not in json.loads(index.to_bytes())
-    f = ix.parse_manifest(ix.build_manifest([ix.ChunkedEntry("f", index)])).files[0]
-    assert isinstance(f, ix.ChunkedFile) and f.file_digest is None
-    assert ix.ANNOTATION_DIGEST not in f.index.annotations
-    assert ix.parse_chunk_index(index.to_bytes(), f) == index
+    f = parse_manifest(build_manifest([ChunkedEntry("f", index)])).files[0]
+    assert isinstance(f, ChunkedFile) and f.file_digest is None
+    assert ANNOTATION_DIGEST not in f.index.annotations
+    assert parse_chunk_index(index.to_bytes(), f) == index
 
 
 def test_index_blob_does_not_name_the_path_so_identical_files_share_it() -> None:
-    a = ix.chunked_file("a.bin", BIG)
-    b = ix.chunked_file("b/c.bin", BIG)
+    a = chunked_file("a.bin", BIG)
+    b = chunked_file("b/c.bin", BIG)
     assert a.index.digest == b.index.digest
     assert b"a.bin" not in BIG.to_bytes()
 
 
 def test_repeated_chunk_content_is_allowed() -> None:
     same = fake_digest("zeros")
-    index = ix.build_chunk_index(6, [(same, 3, 0), (same, 3, 3)])
-    f = ix.parse_manifest(ix.build_manifest([ix.ChunkedEntry("zeros", index)])).files[0]
-    assert isinstance(f, ix.ChunkedFile)
-    assert ix.parse_chunk_index(index.to_bytes(), f) == index
+    index = build_chunk_index(6, [(same, 3, 0), (same, 3, 3)])
+    f = parse_manifest(build_manifest([ChunkedEntry("zeros", index)])).files[0]
+    assert isinstance(f, ChunkedFile)
+    assert parse_chunk_index(index.to_bytes(), f) == index
 
 
 def test_descriptor_json_round_trip_and_immutability() -> None:
-    d = ix.Descriptor("text/plain", fake_digest("d"), 5, {"k": "v"})
-    assert ix.Descriptor.from_json(d.to_json()) == d
-    assert hash(d) == hash(ix.Descriptor("text/plain", fake_digest("d"), 5, {"other": "x"}))
+    d = Descriptor("text/plain", fake_digest("d"), 5, {"k": "v"})
+    assert parse_descriptor(d.to_json()) == d
+    assert hash(d) == hash(Descriptor("text/plain", fake_digest("d"), 5, {"other": "x"}))
     with pytest.raises(TypeError):
         d.annotations["k"] = "w"  # type: ignore[index]
-    assert "annotations" not in ix.Descriptor("text/plain", fake_digest("d"), 5).to_json()
+    assert "annotations" not in Descriptor("text/plain", fake_digest("d"), 5).to_json()
 
 
 def test_docker_manifest_and_missing_media_type_are_read() -> None:
-    docker = ix.parse_manifest(mutated(lambda doc: setitem(doc, "mediaType", ix.MEDIA_TYPE_DOCKER_MANIFEST)))
-    assert docker.media_type == ix.MEDIA_TYPE_DOCKER_MANIFEST and len(docker.files) == 2
-    bare = ix.parse_manifest(mutated(lambda doc: doc.pop("mediaType")))
-    assert bare.media_type == ix.MEDIA_TYPE_MANIFEST and len(bare.files) == 2
+    docker = parse_manifest(mutated(lambda doc: setitem(doc, "mediaType", MEDIA_TYPE_DOCKER_MANIFEST)))
+    assert docker.media_type == MEDIA_TYPE_DOCKER_MANIFEST and len(docker.files) == 2
+    bare = parse_manifest(mutated(lambda doc: doc.pop("mediaType")))
+    assert bare.media_type == MEDIA_TYPE_MANIFEST and len(bare.files) == 2
 
 
 # --- reader rules on the manifest ----------------------------------------------------------------
 
 
 def test_R1_manifest_size_is_checked_before_parsing() -> None:
-    refused(b"x" * (ix.MAX_MANIFEST_BYTES + 1), "above the limit of 4194304")
+    refused(b"x" * (MAX_MANIFEST_BYTES + 1), "above the limit of 4194304")
 
 
 def test_R2_not_utf8() -> None:
@@ -292,7 +326,7 @@ def test_R3_unknown_fields_are_ignored() -> None:
         doc["layers"][1]["data"] = "e30="
         doc["config"]["platform"] = {}
 
-    artifact = ix.parse_manifest(mutated(add))
+    artifact = parse_manifest(mutated(add))
     assert [f.path for f in artifact.files] == ["models/big.bin", "README.md"]
 
 
@@ -306,7 +340,7 @@ def test_R4_schema_version(version: object) -> None:
 
 
 def test_R4_image_index_is_named_as_such() -> None:
-    refused(mutated(lambda doc: setitem(doc, "mediaType", ix.MEDIA_TYPE_IMAGE_INDEX)), "image index")
+    refused(mutated(lambda doc: setitem(doc, "mediaType", MEDIA_TYPE_IMAGE_INDEX)), "image index")
     refused(dump({"schemaVersion": 2, "manifests": []}), "image index")
 
 
@@ -385,7 +419,7 @@ def test_R7_index_path_is_validated() -> None:
 
 
 def test_R7_index_title_is_ignored() -> None:
-    artifact = ix.parse_manifest(mutated(lambda doc: annotation(doc, ix.ANNOTATION_TITLE, "other")))
+    artifact = parse_manifest(mutated(lambda doc: annotation(doc, ANNOTATION_TITLE, "other")))
     assert artifact.files[0].path == "models/big.bin"
 
 
@@ -415,7 +449,7 @@ def test_R7_index_blob_must_be_sha256() -> None:
     refused(mutated(lambda doc: setitem(layer(0)(doc), "digest", SHA512)), "layers[0]", "not sha256")
 
 
-@pytest.mark.parametrize("size", [0, ix.MAX_INDEX_BYTES + 1])
+@pytest.mark.parametrize("size", [0, MAX_INDEX_BYTES + 1])
 def test_R7_index_blob_size(size: int) -> None:
     refused(mutated(lambda doc: setitem(layer(0)(doc), "size", size)), "index of 'models/big.bin'", f"size {size}")
 
@@ -429,7 +463,7 @@ def test_R8_chunk_digest_must_be_sha256() -> None:
     refused(mutated(lambda doc: setitem(layer(2)(doc), "digest", SHA512)), "layers[2] (chunk 1 of", "not sha256")
 
 
-@pytest.mark.parametrize("size", [0, ix.MAX_CHUNK_SIZE + 1])
+@pytest.mark.parametrize("size", [0, MAX_CHUNK_SIZE + 1])
 def test_R8_chunk_size_bounds(size: int) -> None:
     refused(mutated(lambda doc: setitem(layer(3)(doc), "size", size)), "layers[3] (chunk 2 of", f"size {size} outside")
 
@@ -440,7 +474,7 @@ def test_R8_chunks_must_sum_to_size_annotation() -> None:
 
 def test_R8_chunk_count_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     data = dump(valid_manifest())
-    monkeypatch.setattr(ix, "MAX_CHUNKS", 2)
+    monkeypatch.setattr(parse_module, "MAX_CHUNKS", 2)
     refused(data, "3 chunk layers, above the limit of 2")
 
 
@@ -453,13 +487,13 @@ def test_R10_titled_layer_is_a_plain_file_whatever_its_media_type() -> None:
     def retype(doc: dict[str, Any]) -> None:
         doc["layers"][4]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-    f = ix.parse_manifest(mutated(retype)).files[1]
-    assert f == ix.PlainFile("README.md", 6, Digest.of_bytes(b"hello\n"), "application/vnd.oci.image.layer.v1.tar+gzip")
+    f = parse_manifest(mutated(retype)).files[1]
+    assert f == PlainFile("README.md", 6, Digest.of_bytes(b"hello\n"), "application/vnd.oci.image.layer.v1.tar+gzip")
 
 
 def test_R10_title_is_validated() -> None:
     refused(
-        mutated(lambda doc: setitem(layer(4)(doc)["annotations"], ix.ANNOTATION_TITLE, "/etc/passwd")),
+        mutated(lambda doc: setitem(layer(4)(doc)["annotations"], ANNOTATION_TITLE, "/etc/passwd")),
         "layers[4] title",
         "absolute",
     )
@@ -469,13 +503,13 @@ def test_R10_empty_file_must_name_the_empty_blob() -> None:
     refused(mutated(lambda doc: setitem(layer(4)(doc), "size", 0)), "'README.md'", "not the empty blob")
 
     def empty(doc: dict[str, Any]) -> None:
-        doc["layers"][4].update(size=0, digest=str(ix.EMPTY_BLOB_DIGEST))
+        doc["layers"][4].update(size=0, digest=str(EMPTY_BLOB_DIGEST))
 
-    assert ix.parse_manifest(mutated(empty)).files[1].size == 0
+    assert parse_manifest(mutated(empty)).files[1].size == 0
 
 
 def test_R11_untitled_foreign_layers_are_skipped() -> None:
-    artifact = ix.parse_manifest(dump(valid_manifest()))
+    artifact = parse_manifest(dump(valid_manifest()))
     assert [d.media_type for d in artifact.skipped] == ["application/vnd.example.blob"]
     assert len(artifact.files) == 2
 
@@ -484,14 +518,14 @@ def test_R12_duplicate_paths() -> None:
     refused(mutated(lambda doc: doc["layers"].append(doc["layers"][4])), "'README.md' appears twice")
 
     def clash(doc: dict[str, Any]) -> None:
-        layer(4)(doc)["annotations"][ix.ANNOTATION_TITLE] = "models/big.bin"
+        layer(4)(doc)["annotations"][ANNOTATION_TITLE] = "models/big.bin"
 
     refused(mutated(clash), "'models/big.bin' appears twice")
 
 
 def test_R12_file_and_directory() -> None:
     def clash(doc: dict[str, Any]) -> None:
-        layer(4)(doc)["annotations"][ix.ANNOTATION_TITLE] = "models"
+        layer(4)(doc)["annotations"][ANNOTATION_TITLE] = "models"
 
     refused(mutated(clash), "'models' is both a file and a directory")
 
@@ -526,7 +560,7 @@ BAD_PATHS = [
 @pytest.mark.parametrize(("path", "fragment"), BAD_PATHS, ids=[repr(p)[:20] for p, _ in BAD_PATHS])
 def test_R13_bad_paths(path: str, fragment: str) -> None:
     with pytest.raises(FormatError, match=re.escape(fragment)) as info:
-        ix.validate_path(path, "here")
+        validate_path(path, "here")
     assert str(info.value).startswith("here: ")
     assert "\n" not in str(info.value) and "\x00" not in str(info.value)
 
@@ -534,7 +568,7 @@ def test_R13_bad_paths(path: str, fragment: str) -> None:
 @pytest.mark.parametrize("value", [None, 5, b"a", ["a"]])
 def test_R13_path_must_be_a_string(value: object) -> None:
     with pytest.raises(FormatError, match="must be a string"):
-        ix.validate_path(value)
+        validate_path(value)
 
 
 @pytest.mark.parametrize(
@@ -553,12 +587,12 @@ def test_R13_path_must_be_a_string(value: object) -> None:
     ],
 )
 def test_R13_good_paths(path: str) -> None:
-    assert ix.validate_path(path) == path
+    assert validate_path(path) == path
 
 
 def test_R13_long_error_paths_are_shortened() -> None:
     with pytest.raises(FormatError) as info:
-        ix.validate_path("x" * 5000)
+        validate_path("x" * 5000)
     assert len(str(info.value)) < 200
 
 
@@ -566,13 +600,13 @@ def test_R13_long_error_paths_are_shortened() -> None:
 
 
 def test_R1_index_size_cap_before_parsing() -> None:
-    index_refused(b" " * (ix.MAX_INDEX_BYTES + 1), "above the limit of 8388608")
+    index_refused(b" " * (MAX_INDEX_BYTES + 1), "above the limit of 8388608")
 
 
 def test_R1_index_length_must_match_descriptor() -> None:
     f = chunked_parsed()
     with pytest.raises(FormatError, match="bytes but its descriptor says"):
-        ix.parse_chunk_index(BIG.to_bytes() + b" ", f)
+        parse_chunk_index(BIG.to_bytes() + b" ", f)
 
 
 def test_R1_index_digest_must_match_descriptor() -> None:
@@ -580,7 +614,7 @@ def test_R1_index_digest_must_match_descriptor() -> None:
     data = bytearray(BIG.to_bytes())
     data[-2] = ord("9")
     with pytest.raises(IntegrityError, match="does not match its digest"):
-        ix.parse_chunk_index(bytes(data), f)
+        parse_chunk_index(bytes(data), f)
 
 
 def test_R2_index_json_rules() -> None:
@@ -649,7 +683,7 @@ def test_R15_file_digest_from_either_side() -> None:
     del doc["fileDigest"]
     assert parse_index_doc(doc).file_digest == BIG.file_digest  # the manifest's annotation is kept
     f = chunked_parsed()
-    bare = ix.ChunkedFile(f.path, f.size, None, f.index, f.chunks)
+    bare = ChunkedFile(f.path, f.size, None, f.index, f.chunks)
     assert parse_index_doc(valid_index_doc(), bare).file_digest == BIG.file_digest
 
 
@@ -670,7 +704,7 @@ def chunk_field(n: int, key: str, value: object) -> dict[str, Any]:
         (chunk_field(1, "digest", SHA512), "chunks[1] digest: sha512"),
         (chunk_field(1, "size", 0), "chunks[1] size 0 outside"),
         (chunk_field(1, "size", False), "chunks[1] size must be an integer"),
-        (chunk_field(1, "size", ix.MAX_CHUNK_SIZE + 1), "chunks[1] size 1073741825 outside"),
+        (chunk_field(1, "size", MAX_CHUNK_SIZE + 1), "chunks[1] size 1073741825 outside"),
         (chunk_field(1, "offset", -1), "chunks[1] offset -1 outside"),
         (chunk_field(1, "offset", 4.0 * MiB), "chunks[1] offset must be an integer"),
         (chunk_field(0, "offset", 1), "chunks[0]: offset 1, the first chunk must start at 0"),
@@ -686,7 +720,7 @@ def test_R16_chunk_layout(doc: dict[str, Any], fragment: str) -> None:
 
 def test_R16_chunk_count_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = chunked_parsed()
-    monkeypatch.setattr(ix, "MAX_CHUNKS", 2)
+    monkeypatch.setattr(checks_module, "MAX_CHUNKS", 2)
     index_refused(valid_index_doc(), "3 chunks, outside 1..2", expected=expected)
 
 
@@ -707,54 +741,54 @@ def test_R17_index_must_list_the_manifest_chunks() -> None:
 
 def test_build_refuses_duplicate_and_conflicting_paths() -> None:
     with pytest.raises(FormatError, match="'a' appears twice"):
-        ix.build_manifest([plain("a"), plain("a", b"other")])
+        build_manifest([plain("a"), plain("a", b"other")])
     with pytest.raises(FormatError, match="'a' is both a file and a directory"):
-        ix.build_manifest([plain("a/b"), plain("a")])
+        build_manifest([plain("a/b"), plain("a")])
 
 
 def test_build_refuses_a_plain_file_named_like_a_part() -> None:
     with pytest.raises(FormatError, match=re.escape("'f.part-00001' is used twice")):
-        ix.build_manifest([ix.ChunkedEntry("f", BIG), plain("f.part-00001")])
+        build_manifest([ChunkedEntry("f", BIG), plain("f.part-00001")])
 
 
 def test_build_refuses_bad_paths() -> None:
     with pytest.raises(FormatError, match=re.escape("'..'")):
-        ix.build_manifest([plain("../x")])
+        build_manifest([plain("../x")])
     with pytest.raises(FormatError, match="absolute"):
-        ix.build_manifest([ix.ChunkedEntry("/x", BIG)])
+        build_manifest([ChunkedEntry("/x", BIG)])
 
 
 def test_build_refuses_over_budget() -> None:
     with pytest.raises(FormatError, match="5 layers, above the layer budget of 4") as info:
-        ix.build_manifest([ix.ChunkedEntry("f", BIG), plain("g")], layer_budget=4)
+        build_manifest([ChunkedEntry("f", BIG), plain("g")], layer_budget=4)
     assert info.value.hint and "chunk size" in info.value.hint
     with pytest.raises(ValueError):
-        ix.build_manifest([plain("g")], layer_budget=ix.MAX_LAYERS + 1)
+        build_manifest([plain("g")], layer_budget=MAX_LAYERS + 1)
 
 
 def test_build_refuses_over_4_mib() -> None:
     index = make_index([1] * 1000)
     with pytest.raises(FormatError, match="above the 4194304-byte limit"):
-        ix.build_manifest([ix.ChunkedEntry("/".join(["p" * 200] * 20), index)])
+        build_manifest([ChunkedEntry("/".join(["p" * 200] * 20), index)])
 
 
 def test_build_refuses_inconsistent_plain_files() -> None:
     with pytest.raises(FormatError, match="not the empty blob"):
-        ix.build_manifest([ix.PlainFile("e", 0, fake_digest("x"))])
+        build_manifest([PlainFile("e", 0, fake_digest("x"))])
     with pytest.raises(FormatError, match="cannot use the media type"):
-        ix.build_manifest([plain("e", media_type=ix.MEDIA_TYPE_CHUNK)])
+        build_manifest([plain("e", media_type=MEDIA_TYPE_CHUNK)])
 
 
 def test_build_config_and_artifact_type() -> None:
     with pytest.raises(FormatError, match="artifactType is required"):
-        ix.build_manifest([plain("a")], artifact_type=None)
-    config = ix.Descriptor("application/vnd.example.config.v1+json", fake_digest("c"), 1)
-    doc = json.loads(ix.build_manifest([plain("a")], config=config, artifact_type=None))
+        build_manifest([plain("a")], artifact_type=None)
+    config = Descriptor("application/vnd.example.config.v1+json", fake_digest("c"), 1)
+    doc = json.loads(build_manifest([plain("a")], config=config, artifact_type=None))
     assert "artifactType" not in doc and doc["config"] == config.to_json()
     with pytest.raises(FormatError, match="artifactType"):
-        ix.build_manifest([plain("a")], artifact_type="bad")
+        build_manifest([plain("a")], artifact_type="bad")
     with pytest.raises(FormatError, match="config mediaType"):
-        ix.build_manifest([plain("a")], config=ix.Descriptor("config", fake_digest("c"), 1))
+        build_manifest([plain("a")], config=Descriptor("config", fake_digest("c"), 1))
 
 
 @pytest.mark.parametrize(
@@ -773,53 +807,53 @@ def test_build_config_and_artifact_type() -> None:
 )
 def test_build_chunk_index_validates(size: int, chunks: list[tuple[Digest, int, int]], fragment: str | None) -> None:
     if fragment is None:
-        assert ix.build_chunk_index(size, chunks).size == size
+        assert build_chunk_index(size, chunks).size == size
     else:
         with pytest.raises(FormatError, match=fragment):
-            ix.build_chunk_index(size, chunks)
+            build_chunk_index(size, chunks)
 
 
 def test_build_chunk_index_file_digest_must_be_sha256() -> None:
     with pytest.raises(FormatError, match="fileDigest"):
-        ix.build_chunk_index(1, [(fake_digest("a"), 1, 0)], file_digest=Digest.parse(SHA512))
+        build_chunk_index(1, [(fake_digest("a"), 1, 0)], file_digest=Digest.parse(SHA512))
 
 
 def test_part_title() -> None:
-    assert ix.part_title("a/b.bin", 0, 3) == "a/b.bin.part-00000"
-    assert ix.part_title("x", 99998, 99999) == "x.part-99998"
-    assert ix.part_title("x", 5, 100_001) == "x.part-000005"
+    assert part_title("a/b.bin", 0, 3) == "a/b.bin.part-00000"
+    assert part_title("x", 99998, 99999) == "x.part-99998"
+    assert part_title("x", 5, 100_001) == "x.part-000005"
     with pytest.raises(ValueError):
-        ix.part_title("x", 3, 3)
+        part_title("x", 3, 3)
 
 
 def test_fixed_layout_and_is_chunked() -> None:
-    assert ix.fixed_layout(10, 4) == [(0, 4), (4, 4), (8, 2)]
-    assert ix.fixed_layout(8, 4) == [(0, 4), (4, 4)]
-    assert ix.fixed_layout(0, 4) == []
-    assert not ix.is_chunked(16 * MiB, 16 * MiB) and ix.is_chunked(16 * MiB + 1, 16 * MiB)
+    assert fixed_layout(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert fixed_layout(8, 4) == [(0, 4), (4, 4)]
+    assert fixed_layout(0, 4) == []
+    assert not is_chunked(16 * MiB, 16 * MiB) and is_chunked(16 * MiB + 1, 16 * MiB)
 
 
 def test_plan_chunk_size() -> None:
-    assert ix.plan_chunk_size([("a", 10)]) == ix.DEFAULT_CHUNK_SIZE
-    assert ix.plan_chunk_size([("m", 100 * 1024**3)]) == 16 * MiB  # 6,400 chunks
-    assert ix.plan_chunk_size([("m", 1024**4)]) == 128 * MiB  # 8,192 chunks, not 65,536
-    assert ix.plan_chunk_size([("m", 1024**4)], layer_budget=1100) == 1024 * MiB
+    assert plan_chunk_size([("a", 10)]) == DEFAULT_CHUNK_SIZE
+    assert plan_chunk_size([("m", 100 * 1024**3)]) == 16 * MiB  # 6,400 chunks
+    assert plan_chunk_size([("m", 1024**4)]) == 128 * MiB  # 8,192 chunks, not 65,536
+    assert plan_chunk_size([("m", 1024**4)], layer_budget=1100) == 1024 * MiB
     with pytest.raises(FormatError, match="1025 layers, above the layer budget of 300 even with"):
-        ix.plan_chunk_size([("m", 1024**4)], layer_budget=300)
+        plan_chunk_size([("m", 1024**4)], layer_budget=300)
     with pytest.raises(FormatError, match="11 layers, above the layer budget of 10"):
-        ix.plan_chunk_size([(f"f{n}", 1) for n in range(11)], layer_budget=10)
+        plan_chunk_size([(f"f{n}", 1) for n in range(11)], layer_budget=10)
     with pytest.raises(FormatError, match="manifest bytes, above the 4194304-byte manifest limit"):
-        ix.plan_chunk_size([("/".join(["p" * 250] * 16) + str(n), 1) for n in range(1100)])
+        plan_chunk_size([("/".join(["p" * 250] * 16) + str(n), 1) for n in range(1100)])
 
 
 def test_plan_chunk_size_keeps_long_paths_under_4_mib() -> None:
     path = "/".join(["p" * 250] * 8)  # ~2 KB per chunk descriptor
     size = 50 * 1024**3
-    chunk_size = ix.plan_chunk_size([(path, size)])
+    chunk_size = plan_chunk_size([(path, size)])
     assert chunk_size > 16 * MiB  # 3,200 chunks of 2 KB would exceed 4 MiB
-    layout = ix.fixed_layout(size, chunk_size)
-    index = ix.build_chunk_index(size, [(fake_digest(str(o)), n, o) for o, n in layout], file_digest=fake_digest("f"))
-    assert len(ix.build_manifest([ix.ChunkedEntry(path, index)])) <= ix.MAX_MANIFEST_BYTES
+    layout = fixed_layout(size, chunk_size)
+    index = build_chunk_index(size, [(fake_digest(str(o)), n, o) for o, n in layout], file_digest=fake_digest("f"))
+    assert len(build_manifest([ChunkedEntry(path, index)])) <= MAX_MANIFEST_BYTES
 
 
 # --- spans --------------------------------------------------------------------------------------------
@@ -872,10 +906,10 @@ json_values = st.recursive(
     | st.text(max_size=20)
     | st.sampled_from(
         [
-            ix.MEDIA_TYPE_CHUNK_INDEX,
-            ix.MEDIA_TYPE_CHUNK,
-            ix.MEDIA_TYPE_MANIFEST,
-            ix.ANNOTATION_TITLE,
+            MEDIA_TYPE_CHUNK_INDEX,
+            MEDIA_TYPE_CHUNK,
+            MEDIA_TYPE_MANIFEST,
+            ANNOTATION_TITLE,
             str(fake_digest("q")),
             "a/b",
             "..",
@@ -926,21 +960,21 @@ FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCh
 @FUZZ
 @given(json_values)
 def test_fuzz_parse_manifest_any_json(value: object) -> None:
-    only_format_errors(lambda: ix.parse_manifest(json.dumps(value).encode()))
+    only_format_errors(lambda: parse_manifest(json.dumps(value).encode()))
 
 
 @FUZZ
 @given(st.data())
 def test_fuzz_parse_manifest_mutated(data: st.DataObject) -> None:
     doc = mutate(valid_manifest(), data)
-    only_format_errors(lambda: ix.parse_manifest(json.dumps(doc).encode()))
+    only_format_errors(lambda: parse_manifest(json.dumps(doc).encode()))
 
 
 @FUZZ
 @given(st.binary(max_size=64), st.integers(0, 2000), st.integers(0, 64))
 def test_fuzz_parse_manifest_spliced_bytes(junk: bytes, at: int, cut: int) -> None:
     data = dump(valid_manifest())
-    only_format_errors(lambda: ix.parse_manifest(data[:at] + junk + data[at + cut :]))
+    only_format_errors(lambda: parse_manifest(data[:at] + junk + data[at + cut :]))
 
 
 @FUZZ
@@ -969,29 +1003,29 @@ components = st.text(
 def test_round_trip_property(files: dict[str, int | list[int]]) -> None:
     paths = list(files)
     try:
-        ix.check_paths(paths)
+        check_paths(paths)
     except FormatError:
         return  # a file that is also another's directory: not a valid input
-    entries: list[ix.ChunkedEntry | ix.PlainFile] = []
+    entries: list[ChunkedEntry | PlainFile] = []
     for path, spec in files.items():
         if isinstance(spec, int):
             content = bytes(spec)
-            entries.append(ix.PlainFile(path, spec, Digest.of_bytes(content)))
+            entries.append(PlainFile(path, spec, Digest.of_bytes(content)))
         else:
-            entries.append(ix.ChunkedEntry(path, make_index(spec, path)))
+            entries.append(ChunkedEntry(path, make_index(spec, path)))
     titles = {
-        ix.part_title(e.path, n, len(e.index.chunks))
+        part_title(e.path, n, len(e.index.chunks))
         for e in entries
-        if isinstance(e, ix.ChunkedEntry)
+        if isinstance(e, ChunkedEntry)
         for n in range(len(e.index.chunks))
     }
     if titles & set(paths):
         return  # a plain file named like another file's part: the builder refuses it (tested above)
-    artifact = ix.parse_manifest(ix.build_manifest(entries))
+    artifact = parse_manifest(build_manifest(entries))
     assert [f.path for f in artifact.files] == paths
     for entry, f in zip(entries, artifact.files, strict=True):
-        if isinstance(entry, ix.ChunkedEntry):
-            assert isinstance(f, ix.ChunkedFile)
-            assert ix.parse_chunk_index(entry.index.to_bytes(), f) == entry.index
+        if isinstance(entry, ChunkedEntry):
+            assert isinstance(f, ChunkedFile)
+            assert parse_chunk_index(entry.index.to_bytes(), f) == entry.index
         else:
             assert f == entry

@@ -560,7 +560,7 @@ def test_errors_before_the_mount_are_one_line(matrix: Pushed, tmp_path: Path, sh
 
 
 def test_options_split_into_ours_and_libfuses() -> None:
-    from ocifs.daemon import split_options
+    from ocifs.fs.options import split_options
 
     ours, fuse = split_options(
         ["ro,_netdev,nofail,x-systemd.automount,comment=x,allow_other", "prefetch=whole,plain-http"]
@@ -573,7 +573,7 @@ def test_options_split_into_ours_and_libfuses() -> None:
 
 
 def test_fuse_options_force_a_safe_read_only_mount() -> None:
-    from ocifs.daemon import MountConfig, fuse_options
+    from ocifs.fs.daemon import MountConfig, fuse_options
     from ocifs.registry.client import ClientOptions
 
     config = MountConfig("r/x:1", "/mnt", ClientOptions(), fuse_options=frozenset({"rw", "dev", "suid", "allow_other"}))
@@ -584,7 +584,7 @@ def test_fuse_options_force_a_safe_read_only_mount() -> None:
 
 
 def test_mount_helper_accepts_what_mount8_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    from ocifs.cli import mount_helper_main
+    from ocifs.commands.cli import mount_helper_main
 
     assert mount_helper_main(["reg/repo:v1", "/mnt", "-f", "-n", "-o", "ro", "-t", "fuse.ocifs"]) == 0  # fake
     assert mount_helper_main(["reg/repo:v1"]) == 2

@@ -448,8 +448,9 @@ def test_status_as_another_user(host_mounts: HostMounts, model: Pushed, tmp_path
     assert proc.returncode == 0 and json.loads(proc.stdout)["state"] == "ok", proc
 
 
-def test_parse_mountinfo_finds_ocifs_mounts_only() -> None:
-    from ocifs.status import parse_mountinfo, split_source
+def test_parse_mountinfo_reads_every_mount_and_tells_ocifs_apart() -> None:
+    from ocifs.commands.status import split_source
+    from ocifs.fs.mounts import FSTYPE, parse_mountinfo
 
     text = (
         "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
@@ -457,7 +458,8 @@ def test_parse_mountinfo_finds_ocifs_mounts_only() -> None:
         " r.example:5000/m/l:v1@sha256:ab ro,user_id=0,group_id=0,allow_other\n"
         "41 22 0:40 / /mnt/other ro - fuse.sshfs host:/ ro\n"
     )
-    (entry,) = parse_mountinfo(text)
+    assert [m.fstype for m in parse_mountinfo(text)] == ["ext4", FSTYPE, "fuse.sshfs"]
+    (entry,) = [m for m in parse_mountinfo(text) if m.fstype == FSTYPE]
     assert entry.mountpoint == "/mnt/models x" and entry.source == "r.example:5000/m/l:v1@sha256:ab"
     assert split_source(entry.source) == ("r.example:5000/m/l:v1", "sha256:ab")
     assert split_source("r.example:5000/m/l:v1") == ("r.example:5000/m/l:v1", None)
@@ -507,7 +509,7 @@ def test_logs_carry_syslog_priorities_when_stderr_is_the_journal(
 
 
 def test_journal_formatter_prefixes_every_line_with_its_priority() -> None:
-    from ocifs.cli import JournalFormatter
+    from ocifs.commands.cli import JournalFormatter
 
     formatter = JournalFormatter("%(message)s")
     expected = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}

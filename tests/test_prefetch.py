@@ -19,8 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from ocifs.errors import RegistryUnavailable
-from ocifs.prefetch import (
+from ocifs.cache.prefetch import (
     INITIAL_WINDOW,
     ByteBudget,
     Prefetcher,
@@ -28,6 +27,7 @@ from ocifs.prefetch import (
     Stream,
     Units,
 )
+from ocifs.errors import RegistryUnavailable
 
 MiB = 1024 * 1024
 CHUNK = 16 * MiB

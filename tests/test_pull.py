@@ -19,11 +19,20 @@ import pytest
 import trio
 from support.registry import RegistryServer
 
-from ocifs import index, push
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.store import ChunkCache
+from ocifs.commands import push
+from ocifs.commands.pull import TEMP_PREFIX, PullOptions, PullResult, TargetDir, pull
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, UsageError
-from ocifs.pull import TEMP_PREFIX, PullOptions, PullResult, TargetDir, pull
+from ocifs.format.media import (
+    ANNOTATION_PATH,
+    ANNOTATION_SIZE,
+    ANNOTATION_TITLE,
+    EMPTY_JSON_DIGEST,
+    MEDIA_TYPE_CHUNK,
+    MEDIA_TYPE_CHUNK_INDEX,
+)
+from ocifs.format.model import EMPTY_DESCRIPTOR
 from ocifs.reference import parse_reference
 from ocifs.registry.client import OCI_MANIFEST, RegistryClient
 
@@ -405,7 +414,7 @@ async def test_cli_error_is_one_line(registry: RegistryServer, tmp_path: Path) -
 async def put_raw_artifact(server: RegistryServer, repository: str, tag: str, layers: list[dict[str, Any]]) -> str:
     """Store blobs and a hand-written manifest (no validation on our side); returns the ref."""
     async with RegistryClient(server.host) as client:
-        await client.upload_blob(repository, index.EMPTY_JSON_DIGEST, b"{}")
+        await client.upload_blob(repository, EMPTY_JSON_DIGEST, b"{}")
         descriptors = []
         for layer in layers:
             data = layer["data"]
@@ -424,7 +433,7 @@ async def put_raw_artifact(server: RegistryServer, repository: str, tag: str, la
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "artifactType": "application/vnd.test",
-            "config": index.EMPTY_DESCRIPTOR.to_json(),
+            "config": EMPTY_DESCRIPTOR.to_json(),
             "layers": descriptors,
         }
         await client.put_manifest(repository, tag, json.dumps(manifest).encode(), OCI_MANIFEST)
@@ -432,7 +441,7 @@ async def put_raw_artifact(server: RegistryServer, repository: str, tag: str, la
 
 
 def titled(title: str, data: bytes = b"pwned\n") -> dict[str, Any]:
-    return {"data": data, "annotations": {index.ANNOTATION_TITLE: title}}
+    return {"data": data, "annotations": {ANNOTATION_TITLE: title}}
 
 
 HOSTILE = {
@@ -446,10 +455,10 @@ HOSTILE = {
     "index-path": [
         {
             "data": b"{}",
-            "mediaType": index.MEDIA_TYPE_CHUNK_INDEX,
-            "annotations": {index.ANNOTATION_PATH: "../escaped.bin", index.ANNOTATION_SIZE: "3"},
+            "mediaType": MEDIA_TYPE_CHUNK_INDEX,
+            "annotations": {ANNOTATION_PATH: "../escaped.bin", ANNOTATION_SIZE: "3"},
         },
-        {"data": b"abc", "mediaType": index.MEDIA_TYPE_CHUNK, "annotations": {}},
+        {"data": b"abc", "mediaType": MEDIA_TYPE_CHUNK, "annotations": {}},
     ],
 }
 

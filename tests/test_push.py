@@ -18,12 +18,15 @@ import pytest
 import trio
 from support.registry import RegistryServer
 
-from ocifs import index, push
-from ocifs.artifact import load_chunk_index, resolve
+from ocifs.commands import push
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, UsageError
+from ocifs.format.media import ANNOTATION_TITLE
+from ocifs.format.model import ChunkedFile
+from ocifs.format.parse import parse_manifest
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
+from ocifs.registry.resolve import load_chunk_index, resolve
 
 CHUNK = 64 * 1024
 SIZES = {
@@ -75,7 +78,7 @@ async def read_back(server: RegistryServer, ref_text: str) -> dict[str, bytes]:
     async with RegistryClient(ref.registry) as client:
         resolved = await resolve(client, ref)
         for f in resolved.artifact.files:
-            if isinstance(f, index.ChunkedFile):
+            if isinstance(f, ChunkedFile):
                 layout = await load_chunk_index(client, ref.repository, f)
                 parts = []
                 for chunk in layout.chunks:
@@ -110,13 +113,13 @@ async def test_size_matrix_round_trip(shared_registry: RegistryServer, tmp_path:
     raw = subprocess.run(
         [skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], capture_output=True, check=True
     ).stdout
-    artifact = index.parse_manifest(raw)
+    artifact = parse_manifest(raw)
     assert Digest.of_bytes(raw) == result.manifest_digest
     layers = json.loads(raw)["layers"]
-    chunked = {f.path: f for f in artifact.files if isinstance(f, index.ChunkedFile)}
+    chunked = {f.path: f for f in artifact.files if isinstance(f, ChunkedFile)}
     assert len(chunked["several"].chunks) == 6
     assert len(layers) == sum(1 + len(f.chunks) for f in chunked.values()) + 4
-    titles = [layer.get("annotations", {}).get(index.ANNOTATION_TITLE) for layer in layers]
+    titles = [layer.get("annotations", {}).get(ANNOTATION_TITLE) for layer in layers]
     assert "several.part-00005" in titles and "zero" in titles
     assert await read_back(shared_registry, ref) == contents
     # Whole-file digests are recorded for chunked files.

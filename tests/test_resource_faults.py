@@ -40,8 +40,8 @@ from support.cachefiles import assert_cache_consistent, cache_entries
 from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
-from ocifs import push
-from ocifs.pull import TEMP_PREFIX as PULL_TEMP_PREFIX
+from ocifs.commands import push
+from ocifs.commands.pull import TEMP_PREFIX as PULL_TEMP_PREFIX
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 

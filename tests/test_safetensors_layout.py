@@ -8,8 +8,8 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocifs import safetensors_layout
-from ocifs.safetensors_layout import MAX_HEADER, boundaries, header_end
+from ocifs.format import safetensors as safetensors_layout
+from ocifs.format.safetensors import MAX_HEADER, boundaries, header_end
 
 
 def header(entries: dict[str, object], pad: int = 0) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ocifs.chunk_cache import TEMP_PREFIX
+from ocifs.cache.store import TEMP_PREFIX
 
 
 def cache_entries(cache: Path) -> dict[str, Path]:

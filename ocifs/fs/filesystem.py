@@ -3,7 +3,7 @@
 Owns: the tree (directories implied by the file paths, inode numbers, attributes from the
 manifest alone so that ``ls -l`` fetches nothing), open-file handles with their read-ahead
 streams, and the read path: byte range → chunk spans → verified bytes from the shared
-:class:`~ocifs.fetcher.Fetcher`. Must not: import pyfuse3 (``ocifs.fuse_ops`` adapts this
+:class:`~ocifs.cache.fetcher.Fetcher`. Must not: import pyfuse3 (``ocifs.fs.fuse_ops`` adapts this
 module to it), httpx or the registry package, or block the trio loop (file I/O and hashing
 run in worker threads, inside the fetcher or here).
 
@@ -44,11 +44,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from ocifs import index, safetensors_layout
+from ocifs.cache.fetcher import Fetcher
+from ocifs.cache.prefetch import Prefetcher, PrefetchMode, Stream, Units
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, NotFound, OcifsError
-from ocifs.fetcher import Fetcher
-from ocifs.prefetch import Prefetcher, PrefetchMode, Stream, Units
+from ocifs.format import safetensors as safetensors_layout
+from ocifs.format.media import DEFAULT_CHUNK_SIZE, MAX_COMPONENT_BYTES
+from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, File, PlainFile
+from ocifs.format.parse import parse_chunk_index
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ PLAIN_WHOLE_MAX = 64 * 1024 * 1024
 
 #: Larger plain layers are read by Range requests of this size: the default chunk size, for
 #: the same reason chunks have it (per-request costs vanish, a lazy read fetches little).
-PIECE_SIZE = index.DEFAULT_CHUNK_SIZE
+PIECE_SIZE = DEFAULT_CHUNK_SIZE
 
 #: Unverified pieces of large plain layers kept in memory (bytes). They cannot enter the
 #: verified chunk cache, so this small LRU is what turns 128 KiB-1 MiB FUSE reads into one
@@ -114,7 +117,7 @@ class Node:
     inode: int
     path: str  # "" for the root
     parent: int
-    file: index.File | None = None
+    file: File | None = None
     children: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -161,7 +164,7 @@ class _ChunkedState:
     __slots__ = ("error", "index")
 
     def __init__(self) -> None:
-        self.index: index.ChunkIndex | None = None
+        self.index: ChunkIndex | None = None
         # A FormatError is permanent (the artifact is broken or hostile): remembered, so every
         # read does not fetch and parse the same bad index again. Transient errors are not.
         self.error: FormatError | None = None
@@ -197,7 +200,7 @@ class FileSystem:
 
     def __init__(
         self,
-        artifact: index.Artifact,
+        artifact: Artifact,
         repository: str,
         fetcher: Fetcher,
         prefetcher: Prefetcher | None = None,
@@ -317,12 +320,12 @@ class FileSystem:
             attrs["user.ocifs.reference"] = self.reference.encode()
             attrs["user.ocifs.stats"] = json.dumps(self.stats(), sort_keys=True).encode()
         f = node.file
-        if isinstance(f, index.ChunkedFile):
+        if isinstance(f, ChunkedFile):
             if f.file_digest is not None:
                 attrs["user.ocifs.digest"] = str(f.file_digest).encode()
             attrs["user.ocifs.chunks"] = str(len(f.chunks)).encode()
             attrs["user.ocifs.kind"] = b"chunked"
-        elif isinstance(f, index.PlainFile):
+        elif isinstance(f, PlainFile):
             attrs["user.ocifs.digest"] = str(f.digest).encode()
             attrs["user.ocifs.chunks"] = b"1"
             attrs["user.ocifs.kind"] = b"plain"
@@ -341,7 +344,7 @@ class FileSystem:
             "files": len(self._nodes),
             "ffree": 0,
             "favail": 0,
-            "namemax": index.MAX_COMPONENT_BYTES,
+            "namemax": MAX_COMPONENT_BYTES,
         }
 
     # ------------------------------------------------------------------ open files
@@ -431,15 +434,15 @@ class FileSystem:
                 open_file.stream.set_boundaries(hints)
         log.debug("%s: read-ahead stops at the end of each of its %d records", self.path_of(inode), len(hints))
 
-    def _open_stream(self, inode: int, f: index.File) -> Stream | None:
+    def _open_stream(self, inode: int, f: File) -> Stream | None:
         stream = self._new_stream(inode, f)
         if stream is not None and (hints := self._boundaries.get(inode)):
             stream.set_boundaries(hints)
         return stream
 
-    def _new_stream(self, inode: int, f: index.File) -> Stream | None:
+    def _new_stream(self, inode: int, f: File) -> Stream | None:
         assert self.prefetcher is not None
-        if isinstance(f, index.ChunkedFile):
+        if isinstance(f, ChunkedFile):
             units = Units.from_sizes([c.size for c in f.chunks])
             fetch: Callable[[int], Awaitable[None]] = functools.partial(self._prefetch_chunk, inode)
             return self.prefetcher.open_stream(inode, units, fetch)
@@ -476,25 +479,25 @@ class FileSystem:
         self._stats.bytes_read += len(data)
         return data
 
-    async def _read_range(self, inode: int, f: index.File, offset: int, size: int) -> bytes | memoryview:
+    async def _read_range(self, inode: int, f: File, offset: int, size: int) -> bytes | memoryview:
         """:meth:`read` of file ``f`` (node ``inode``) without counting it as a reader's read."""
         if offset >= f.size or size == 0:
             return b""
-        if isinstance(f, index.ChunkedFile):
+        if isinstance(f, ChunkedFile):
             return await self._read_chunked(inode, f, offset, size)
         if f.size <= PLAIN_WHOLE_MAX:
             end = min(offset + size, f.size)
             return await self.fetcher.read(self.repository, f.digest, f.size, offset, end)
         return await self._read_plain_range(self._plain_blob(inode, f), offset, size)
 
-    async def chunk_index(self, inode: int) -> index.ChunkIndex:
+    async def chunk_index(self, inode: int) -> ChunkIndex:
         """The validated chunk index of chunked file ``inode``, fetched on first use.
 
         Concurrent first readers share one download (the fetcher's single flight). The blob is
         checked against its digest and against the manifest (R14–R17) before it is used.
         """
         f = self.node(inode).file
-        if not isinstance(f, index.ChunkedFile):
+        if not isinstance(f, ChunkedFile):
             raise ValueError(f"{self.path_of(inode)} is not a chunked file")
         state = self._chunked.setdefault(inode, _ChunkedState())
         if state.index is not None:
@@ -505,9 +508,9 @@ class FileSystem:
         if state.index is None:  # another task may have parsed it while we waited
             try:
                 if len(data) > PARSE_IN_THREAD_ABOVE:
-                    parsed = await trio.to_thread.run_sync(index.parse_chunk_index, data, f)
+                    parsed = await trio.to_thread.run_sync(parse_chunk_index, data, f)
                 else:
-                    parsed = index.parse_chunk_index(data, f)
+                    parsed = parse_chunk_index(data, f)
             except FormatError as exc:
                 state.error = exc
                 log.error("%s: invalid chunk index: %s", self.path_of(inode), exc)
@@ -519,7 +522,7 @@ class FileSystem:
                           len(parsed.chunks))  # fmt: skip
         return state.index
 
-    async def _read_chunked(self, inode: int, f: index.ChunkedFile, offset: int, size: int) -> bytes | memoryview:
+    async def _read_chunked(self, inode: int, f: ChunkedFile, offset: int, size: int) -> bytes | memoryview:
         chunk_index = await self.chunk_index(inode)
         spans = chunk_index.spans(offset, size)
         if len(spans) == 1:
@@ -539,12 +542,12 @@ class FileSystem:
         chunk = chunk_index.chunks[n]
         await self.fetcher.prefetch(self.repository, chunk.digest, chunk.size)
 
-    async def _prefetch_plain(self, f: index.PlainFile, n: int) -> None:
+    async def _prefetch_plain(self, f: PlainFile, n: int) -> None:
         await self.fetcher.prefetch(self.repository, f.digest, f.size)
 
     # ------------------------------------------------------------------ large plain layers
 
-    def _plain_blob(self, inode: int, f: index.PlainFile) -> _PlainBlob:
+    def _plain_blob(self, inode: int, f: PlainFile) -> _PlainBlob:
         blob = self._plain.get(inode)
         if blob is None:
             blob = self._plain[inode] = _PlainBlob(f.digest, f.size)
@@ -609,8 +612,8 @@ class FileSystem:
 
     def stats(self) -> dict[str, Any]:
         """Every counter of the mount as one JSON-ready dict: ``fs`` (:class:`FsStats`),
-        ``fetch`` (:class:`~ocifs.fetcher.FetchStats`), ``prefetch``
-        (:class:`~ocifs.prefetch.PrefetchStats`, absent without a prefetcher), plus the
+        ``fetch`` (:class:`~ocifs.cache.fetcher.FetchStats`), ``prefetch``
+        (:class:`~ocifs.cache.prefetch.PrefetchStats`, absent without a prefetcher), plus the
         reference, the number of files, the uptime and the serving process's pid (``ocifs
         umount`` waits for it to exit). Cheap: no I/O."""
         result: dict[str, Any] = {
@@ -706,7 +709,7 @@ async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     return [r for r in results if r is not None]
 
 
-def _build_tree(artifact: index.Artifact) -> dict[int, Node]:
+def _build_tree(artifact: Artifact) -> dict[int, Node]:
     """Nodes for every file and every directory its path implies; inodes in sorted path order.
 
     The manifest parser already refused duplicate paths and files that are directories of
@@ -734,7 +737,7 @@ def _build_tree(artifact: index.Artifact) -> dict[int, Node]:
     return nodes
 
 
-def _created_ns(artifact: index.Artifact) -> int:
+def _created_ns(artifact: Artifact) -> int:
     """The manifest's ``org.opencontainers.image.created`` (RFC 3339) in ns, else now."""
     created = artifact.annotations.get("org.opencontainers.image.created")
     if created:

@@ -57,24 +57,28 @@ from typing import Any
 
 import trio
 
-from ocifs import index
-from ocifs.artifact import resolve
-from ocifs.cache_cmd import format_size
-from ocifs.chunk_cache import ChunkCache, default_cache_dir
+from ocifs.cache.fetcher import RETRY_BASE_DELAY, Fetcher
+from ocifs.cache.store import ChunkCache, default_cache_dir
+from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, UsageError
-from ocifs.fetcher import RETRY_BASE_DELAY, Fetcher
-from ocifs.progress import Progress
+from ocifs.format.build import fixed_layout
+from ocifs.format.media import DEFAULT_CHUNK_SIZE
+from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, File
+from ocifs.format.parse import parse_chunk_index
+from ocifs.format.paths import validate_path
 from ocifs.reference import Reference, parse_reference
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
+from ocifs.registry.resolve import resolve
+from ocifs.units import format_size
 
 log = logging.getLogger(__name__)
 
 #: Plain layers up to this size are fetched whole (one verified, cached blob); larger ones in
 #: ranges of this size, so memory stays at about jobs x 16 MiB even for a multi-GiB plain layer
 #: pushed by another tool. 16 MiB is the default chunk size: the same memory per worker.
-PLAIN_PIECE_SIZE = index.DEFAULT_CHUNK_SIZE
+PLAIN_PIECE_SIZE = DEFAULT_CHUNK_SIZE
 
 #: Temp files are ``.ocifs-pull-<pid>-<random>`` in the file's final directory (the rename must
 #: not cross filesystems). The pid lets a later pull remove those of a pull that was killed.
@@ -176,7 +180,7 @@ class TargetDir:
     def open_parent(self, path: str) -> tuple[int, str]:
         """A descriptor of the directory that will hold ``path`` (created as needed) and the
         file's name in it. Refuses paths that would leave the target or cross a symlink."""
-        index.validate_path(path, "file")  # again: this is the last line of defence
+        validate_path(path, "file")  # again: this is the last line of defence
         lexical = os.path.normpath(os.path.join(self.root, path))
         if os.path.commonpath([self.root, lexical]) != str(self.root):
             raise FormatError(f"refusing to write {path!r}: it is outside {self.root}")
@@ -306,8 +310,8 @@ class _FileJob:
         return f"file {self.path!r} (layer {piece.digest})"
 
 
-def _plan(file: index.File, layout: index.ChunkIndex | None, plain_piece_size: int) -> _FileJob:
-    if isinstance(file, index.ChunkedFile):
+def _plan(file: File, layout: ChunkIndex | None, plain_piece_size: int) -> _FileJob:
+    if isinstance(file, ChunkedFile):
         assert layout is not None
         job = _FileJob(file.path, file.size, "chunked", None, layout.file_digest)
         job.pieces = [_Piece(job, n, c.offset, c.size, c.digest) for n, c in enumerate(layout.chunks)]
@@ -326,12 +330,12 @@ def _plan(file: index.File, layout: index.ChunkIndex | None, plain_piece_size: i
             )
         job.pieces = [
             _Piece(job, n, offset, length, None)
-            for n, (offset, length) in enumerate(index.fixed_layout(file.size, plain_piece_size))
+            for n, (offset, length) in enumerate(fixed_layout(file.size, plain_piece_size))
         ]
     return job
 
 
-def select_files(artifact: index.Artifact, include: tuple[str, ...]) -> list[index.File]:
+def select_files(artifact: Artifact, include: tuple[str, ...]) -> list[File]:
     """The files whose path matches one of ``include`` (fnmatch, case-sensitive; ``*`` also
     matches ``/``), or every file when ``include`` is empty."""
     if not include:
@@ -391,16 +395,16 @@ async def pull(
 
     # Every chunk index first (small, cached like chunks): the whole artifact is validated
     # before a byte is written, and the whole-file digest may be recorded only in the index.
-    layouts: dict[str, index.ChunkIndex] = {}
+    layouts: dict[str, ChunkIndex] = {}
 
-    async def load(file: index.ChunkedFile) -> None:
+    async def load(file: ChunkedFile) -> None:
         try:
             data = await fetcher.get(repository, file.index.digest, file.index.size)
         except OcifsError as exc:
             raise _in_context(exc, f"chunk index of {file.path!r}") from None
-        layouts[file.path] = index.parse_chunk_index(data, file)
+        layouts[file.path] = parse_chunk_index(data, file)
 
-    chunked = [f for f in files if isinstance(f, index.ChunkedFile)]
+    chunked = [f for f in files if isinstance(f, ChunkedFile)]
     if chunked:
         await _gather(load, chunked)
     jobs = [_plan(f, layouts.get(f.path), options.plain_piece_size) for f in files]
@@ -434,12 +438,12 @@ async def pull(
     )
 
 
-async def _gather(load: Callable[[index.ChunkedFile], Awaitable[None]], files: list[index.ChunkedFile]) -> None:
+async def _gather(load: Callable[[ChunkedFile], Awaitable[None]], files: list[ChunkedFile]) -> None:
     """Run ``load(file)`` for every file (the fetcher bounds the requests); first error wins."""
     errors: list[OcifsError] = []
     async with trio.open_nursery() as nursery:
 
-        async def one(file: index.ChunkedFile) -> None:
+        async def one(file: ChunkedFile) -> None:
             try:
                 await load(file)
             except OcifsError as exc:

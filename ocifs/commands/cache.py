@@ -1,7 +1,7 @@
 """``ocifs cache stats | prune | verify | clear``: look after the local chunk cache.
 
 Owns the user-facing output of these commands (one short human report, or ``--json``); the
-work itself is :class:`~ocifs.chunk_cache.ChunkCache`'s. Must not touch the cache's files
+work itself is :class:`~ocifs.cache.store.ChunkCache`'s. Must not touch the cache's files
 directly. The maintenance commands are safe while mounts and pulls use the same cache (the cache
 locks and rescans; see its module docstring).
 
@@ -18,18 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ocifs.chunk_cache import ChunkCache, default_cache_dir
+from ocifs.cache.store import ChunkCache, default_cache_dir
 from ocifs.errors import UsageError
-
-
-def format_size(n: int) -> str:
-    """``1536`` → ``1.5 KiB`` (binary units, like ``--cache-max-size`` takes them)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n:,} B" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+from ocifs.units import format_size
 
 
 def _plural(n: int, word: str) -> str:

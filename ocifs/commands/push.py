@@ -28,10 +28,14 @@ from typing import Any
 
 import trio
 
-from ocifs import index
+from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, UsageError, collapse_groups
-from ocifs.progress import Progress
+from ocifs.format.build import build_chunk_index, build_manifest, is_chunked
+from ocifs.format.media import DEFAULT_ARTIFACT_TYPE, DEFAULT_CHUNK_SIZE, DEFAULT_LAYER_BUDGET
+from ocifs.format.model import EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
+from ocifs.format.paths import check_paths, validate_path
+from ocifs.format.plan import plan_chunk_size
 from ocifs.reference import Reference, parse_reference, parse_repository
 from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
@@ -41,8 +45,8 @@ log = logging.getLogger(__name__)
 # 16 MiB: small enough that a lazy read fetches little, large enough that per-request costs
 # (HEAD + POST + PUT, registry fsync) vanish; registries cope badly with single uploads of
 # >=100 MB (../shared/design.md §2). Measured choice recorded in docs/benchmarks.md.
-DEFAULT_CHUNK_SIZE = index.DEFAULT_CHUNK_SIZE
-DEFAULT_MAX_LAYERS = index.DEFAULT_LAYER_BUDGET
+DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
+DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
 EMPTY_CONFIG = b"{}"
 
 
@@ -63,7 +67,7 @@ class PushOptions:
     jobs: int = 8
     mount_from: str | None = None
     file_digest: bool = True
-    artifact_type: str = index.DEFAULT_ARTIFACT_TYPE
+    artifact_type: str = DEFAULT_ARTIFACT_TYPE
     annotations: dict[str, str] = field(default_factory=dict)
     config: bytes | None = None
     config_media_type: str = "application/vnd.oci.image.config.v1+json"
@@ -133,7 +137,7 @@ def collect_sources(paths: list[str]) -> list[SourceFile]:
 
     def add(artifact_path: str, local: Path, st: os.stat_result) -> None:
         try:
-            artifact_path = index.validate_path(artifact_path)
+            artifact_path = validate_path(artifact_path)
         except OcifsError as exc:
             raise UsageError(f"cannot push {local}: {exc}") from None
         if artifact_path in found:
@@ -166,7 +170,7 @@ def collect_sources(paths: list[str]) -> list[SourceFile]:
             raise UsageError(f"{top} is not a regular file or directory")
     if not found:
         raise UsageError("nothing to push: the directories given contain no files")
-    index.check_paths(list(found))
+    check_paths(list(found))
     return list(found.values())
 
 
@@ -196,7 +200,7 @@ def choose_chunk_size(files: list[SourceFile], chunk_size: int, max_layers: int)
     if chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1 byte")
     try:
-        return index.plan_chunk_size([(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers)
+        return plan_chunk_size([(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers)
     except OcifsError as exc:
         raise UsageError(
             str(exc), hint="raise --max-layers if the registry allows it, or push fewer files per artifact"
@@ -205,7 +209,7 @@ def choose_chunk_size(files: list[SourceFile], chunk_size: int, max_layers: int)
 
 def count_chunks(files: list[SourceFile], chunk_size: int) -> int:
     """Blobs the push will send for file content: one per chunk, one per plain file."""
-    return sum(-(-f.size // chunk_size) if index.is_chunked(f.size, chunk_size) else 1 for f in files)
+    return sum(-(-f.size // chunk_size) if is_chunked(f.size, chunk_size) else 1 for f in files)
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -241,7 +245,7 @@ async def push(
     chunk_size = choose_chunk_size(sources, options.chunk_size, options.max_layers)
     if chunk_size != options.chunk_size:
         log.info("chunk size raised to %d MiB to stay within %d layers", chunk_size >> 20, options.max_layers)
-    results = [FileResult(s, chunked=index.is_chunked(s.size, chunk_size)) for s in sources]
+    results = [FileResult(s, chunked=is_chunked(s.size, chunk_size)) for s in sources]
     total_chunks = count_chunks(sources, chunk_size)
     counters = _Counters()
     progress = progress or Progress("push", sum(s.size for s in sources), total_chunks, "off")
@@ -282,16 +286,16 @@ async def _finish(
     started: float,
 ) -> PushResult:
     """Every chunk and plain blob is stored: now the chunk indexes, then the config, then the manifest."""
-    entries: list[index.ChunkedEntry | index.PlainFile] = []
+    entries: list[ChunkedEntry | PlainFile] = []
     async with trio.open_nursery() as nursery:
         for result in results:
             entries.append(_entry_for(result, nursery, client, ref.repository, counters))
         config_data = options.config if options.config is not None else EMPTY_CONFIG
-        config = index.EMPTY_DESCRIPTOR
+        config = EMPTY_DESCRIPTOR
         if options.config is not None:
-            config = index.Descriptor(options.config_media_type, Digest.of_bytes(config_data), len(config_data))
+            config = Descriptor(options.config_media_type, Digest.of_bytes(config_data), len(config_data))
         nursery.start_soon(_ensure_blob, client, ref.repository, config.digest, config_data, None, counters)
-    manifest = index.build_manifest(
+    manifest = build_manifest(
         entries,
         config=config,
         artifact_type=options.artifact_type,
@@ -444,22 +448,22 @@ def _entry_for(
     client: RegistryClient,
     repository: str,
     counters: _Counters,
-) -> index.ChunkedEntry | index.PlainFile:
+) -> ChunkedEntry | PlainFile:
     """The manifest entry of one pushed file; a chunked file's index blob is uploaded in ``nursery``."""
     source = result.source
     if not result.chunked:
         assert result.file_digest is not None
-        return index.PlainFile(source.path, source.size, result.file_digest)
-    refs: list[index.ChunkRef] = []
+        return PlainFile(source.path, source.size, result.file_digest)
+    refs: list[ChunkRef] = []
     offset = 0
     for digest, size in zip(result.chunk_digests, result.chunk_sizes, strict=True):
         assert digest is not None, "every chunk was hashed before the uploaders finished"
-        refs.append(index.ChunkRef(digest, size, offset))
+        refs.append(ChunkRef(digest, size, offset))
         offset += size
-    chunk_index = index.build_chunk_index(source.size, refs, file_digest=result.file_digest)
+    chunk_index = build_chunk_index(source.size, refs, file_digest=result.file_digest)
     data = chunk_index.to_bytes()
     nursery.start_soon(_ensure_blob, client, repository, Digest.of_bytes(data), data, None, counters)
-    return index.ChunkedEntry(source.path, chunk_index)
+    return ChunkedEntry(source.path, chunk_index)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -477,7 +481,7 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
         jobs=args.jobs,
         mount_from=parse_repository(args.mount_from, ref.registry) if args.mount_from else None,
         file_digest=not args.no_file_digest,
-        artifact_type=args.artifact_type or index.DEFAULT_ARTIFACT_TYPE,
+        artifact_type=args.artifact_type or DEFAULT_ARTIFACT_TYPE,
         annotations=_parse_annotations(args.annotation),
         config=_read_config(args.config) if args.config else None,
         config_media_type=args.config_media_type,

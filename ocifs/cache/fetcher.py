@@ -45,7 +45,7 @@ from typing import Protocol
 
 import trio
 
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, RegistryUnavailable
 

@@ -3,7 +3,7 @@
 Owns: finding ocifs mounts in ``/proc/self/mountinfo`` (filesystem type ``fuse.ocifs``, source
 the pinned reference ``REF@DIGEST``, both set by the daemon through libfuse's ``subtype=`` and
 ``fsname=``), asking each daemon for its live counters (the root's ``user.ocifs.stats`` extended
-attribute: :func:`ocifs.daemon.read_stats`), and printing them for people or as ``--json``.
+attribute: :func:`ocifs.fs.mounts.read_stats`), and printing them for people or as ``--json``.
 
 Must not: talk to a registry or touch the chunk cache; hang on a daemon that does not answer.
 Every access to a mount runs in a daemon thread with a timeout: a stopped daemon (SIGSTOP, a
@@ -22,32 +22,20 @@ import errno
 import json
 import os
 import queue
-import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ocifs.cache_cmd import format_size
 from ocifs.errors import OcifsError, UsageError
+from ocifs.fs.mounts import MountEntry, ocifs_mounts, read_stats
+from ocifs.units import format_size
 
 #: The filesystem type of our mounts in mountinfo: "fuse." + the ``subtype=ocifs`` the daemon sets.
-FSTYPE = "fuse.ocifs"
 
-MOUNTINFO = Path("/proc/self/mountinfo")
 
 #: How long one mount may take to answer a stat and the stats xattr. A healthy daemon answers
 #: in well under a millisecond (no I/O: counters only); seconds mean it is stopped or wedged.
 ANSWER_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class MountEntry:
-    """One ocifs mount as the kernel lists it."""
-
-    mountpoint: str
-    source: str  # the daemon's fsname: the reference pinned to its digest
-    options: str  # per-mount options (ro,nosuid,nodev,...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,35 +68,6 @@ class MountStatus:
 # =================================================================================================
 # Finding mounts
 # =================================================================================================
-
-
-def _unescape(text: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """The ocifs mounts listed in ``text`` (the format of ``/proc/PID/mountinfo``, proc(5)):
-    ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS``."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if "-" not in fields[6:]:
-            continue
-        separator = fields.index("-", 6)
-        if len(fields) < separator + 3 or fields[separator + 1] != FSTYPE:
-            continue
-        mounts.append(MountEntry(_unescape(fields[4]), _unescape(fields[separator + 2]), fields[5]))
-    return mounts
-
-
-def ocifs_mounts() -> list[MountEntry]:
-    """Every ocifs mount visible in this process's mount namespace, in mount order."""
-    try:
-        text = MOUNTINFO.read_text()
-    except OSError as exc:
-        raise OcifsError(f"cannot read {MOUNTINFO}: {exc.strerror}") from None
-    return parse_mountinfo(text)
 
 
 def find_mount(path: str) -> MountEntry:
@@ -145,8 +104,6 @@ def split_source(source: str) -> tuple[str, str | None]:
 
 def query(entry: MountEntry, timeout: float = ANSWER_TIMEOUT) -> MountStatus:
     """Ask the daemon of ``entry`` for its counters, giving up after ``timeout`` seconds."""
-    from ocifs.daemon import read_stats  # imports pyfuse3: only when a mount is asked
-
     answers: queue.SimpleQueue[MountStatus] = queue.SimpleQueue()
 
     def ask() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import trio
 
-from ocifs import index
-from ocifs.artifact import Resolved, resolve
+from ocifs.format.model import ChunkedFile
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
 from ocifs.registry.connect import connect
+from ocifs.registry.resolve import Resolved, resolve
 
 
 def describe(resolved: Resolved) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def describe(resolved: Resolved) -> dict[str, Any]:
     artifact = resolved.artifact
     files = []
     for f in artifact.files:
-        if isinstance(f, index.ChunkedFile):
+        if isinstance(f, ChunkedFile):
             files.append(
                 {
                     "path": f.path,

@@ -1,10 +1,10 @@
-"""``ocifs mount`` and ``ocifs umount``: the life of a mount, from fork to unmount.
+"""The mount daemon: the life of a mount, from fork to unmount.
 
-Owns: checking the mountpoint, detaching like other FUSE tools, the trio run that resolves the
-reference, builds the filesystem and serves pyfuse3, readiness (to the waiting parent and to
-systemd), kernel tuning of the mount, clean shutdown on signals, and splitting ``-o`` options
-into ours and libfuse's. Must not: implement any filesystem behaviour (``ocifs.fs``) or errno
-mapping (``ocifs.fuse_ops``).
+Owns: detaching like other FUSE tools, the trio run that resolves the reference, builds the
+filesystem and serves pyfuse3, readiness (to the waiting parent and to systemd), kernel tuning
+of the mount, clean shutdown on signals. Must not: parse command lines or ``-o`` strings
+(:mod:`ocifs.commands.mount`, :mod:`ocifs.fs.options`), implement filesystem behaviour
+(:mod:`ocifs.fs.filesystem`) or map errors to errno (:mod:`ocifs.fs.fuse_ops`).
 
 Lifecycle (facts verified on this kind of machine, ../shared/fuse.md):
 
@@ -26,21 +26,13 @@ Lifecycle (facts verified on this kind of machine, ../shared/fuse.md):
 
 from __future__ import annotations
 
-import argparse
-import errno
 import functools
-import json
 import logging
 import os
-import re
-import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +40,18 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ocifs import index
-from ocifs.artifact import resolve
-from ocifs.chunk_cache import ChunkCache
+from ocifs.cache.fetcher import Fetcher
+from ocifs.cache.prefetch import Prefetcher, PrefetchMode
+from ocifs.cache.store import ChunkCache
 from ocifs.errors import OcifsError, UsageError, first_error
-from ocifs.fetcher import Fetcher
-from ocifs.fs import ROOT_INODE, FileSystem
-from ocifs.fuse_ops import Operations
-from ocifs.prefetch import Prefetcher, PrefetchMode
+from ocifs.format.media import DEFAULT_CHUNK_SIZE
+from ocifs.fs.filesystem import ROOT_INODE, FileSystem
+from ocifs.fs.fuse_ops import Operations
+from ocifs.fs.options import OCIFS_OPTIONS
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
 from ocifs.registry.connect import connect
+from ocifs.registry.resolve import resolve
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +75,6 @@ FUSECTL = Path("/sys/fs/fuse/connections")
 #: mount(8) strips PATH; credential helpers (docker-credential-*) are found on it.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: ``-o`` keys that are ours (turned into flags), with whether they take a value.
-OCIFS_OPTIONS: dict[str, bool] = {
-    "prefetch": True,
-    "jobs": True,
-    "cache_dir": True,
-    "cache_max_size": True,
-    "log_file": True,
-    "retries": True,
-    "read_timeout": True,
-    "ca_file": True,
-    "read_ahead_kb": True,
-    "plain_http": False,
-    "insecure": False,
-    "debug": False,
-}
-
-#: ``-o`` options that mean something to mount(8), mount.fuse3 or systemd but not to libfuse,
-#: whose ``fuse_session_new`` fails on any option it does not know (../shared/fuse.md).
-DROPPED_OPTIONS = frozenset({"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner", "defaults"})
-DROPPED_PREFIXES = ("x-", "comment=", "X-")
 
 #: Forced: the files come from a registry, not from a trusted device. mount.fuse3 appends
 #: ``dev,suid``, so those are removed, and ``rw`` makes no sense for this filesystem.
@@ -134,62 +107,6 @@ class MountConfig:
 # =================================================================================================
 
 
-def split_options(values: Iterable[str]) -> tuple[dict[str, str | None], set[str]]:
-    """Split ``-o`` values (each comma separated) into ours and libfuse's.
-
-    Returns ``(ours, fuse)``: ``ours`` maps our keys (:data:`OCIFS_OPTIONS`, ``-`` accepted
-    for ``_``) to their value (``None`` for flags); ``fuse`` is what is left for libfuse,
-    without mount(8)/systemd-only options (:data:`DROPPED_OPTIONS`). A key of ours with a
-    missing or unexpected value is a :class:`UsageError`.
-    """
-    ours: dict[str, str | None] = {}
-    fuse: set[str] = set()
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if not item or item in DROPPED_OPTIONS or item.startswith(DROPPED_PREFIXES):
-                continue
-            key, sep, arg = item.partition("=")
-            name = key.replace("-", "_")
-            if name in OCIFS_OPTIONS:
-                if OCIFS_OPTIONS[name] and not sep:
-                    raise UsageError(f"option -o {key} needs a value ({key}=...)")
-                if not OCIFS_OPTIONS[name] and sep:
-                    raise UsageError(f"option -o {key} takes no value")
-                ours[name] = arg if sep else None
-            else:
-                fuse.add(item)
-    return ours, fuse
-
-
-def apply_options(args: argparse.Namespace) -> None:
-    """Fold our ``-o`` keys into ``args`` as if given as flags (``-o prefetch=whole`` is
-    ``--prefetch whole``) and keep libfuse's in ``args.fuse_options``. Called by the CLI
-    before it builds client options, so ``-o plain_http`` works from fstab."""
-    from ocifs.cli import parse_size, positive_float, positive_int  # the CLI's own value parsers
-
-    ours, fuse = split_options(getattr(args, "options", None) or [])
-    converters: dict[str, Callable[[str], Any]] = {
-        "jobs": positive_int,
-        "retries": positive_int,
-        "read_timeout": positive_float,
-        "read_ahead_kb": positive_int,
-        "cache_max_size": parse_size,
-    }
-    for name, value in ours.items():
-        if value is None:
-            setattr(args, name, True)
-            continue
-        try:
-            converted = converters[name](value) if name in converters else value
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"option -o {name}: {exc}") from None
-        if name == "prefetch" and value not in {m.value for m in PrefetchMode}:
-            raise UsageError(f"option -o prefetch: {value!r} is not one of auto, whole, off")
-        setattr(args, name, converted)
-    args.fuse_options = fuse
-
-
 def fuse_options(config: MountConfig, fsname: str) -> set[str]:
     """The libfuse option set: pyfuse3's defaults (``default_permissions``: the kernel checks
     the 0444/0555 modes), the user's, and the forced ones (:data:`FORCED_OPTIONS`)."""
@@ -203,50 +120,9 @@ def fuse_options(config: MountConfig, fsname: str) -> set[str]:
     return options
 
 
-def config_from_args(args: argparse.Namespace, client_options: ClientOptions) -> MountConfig:
-    """The :class:`MountConfig` of parsed ``ocifs mount`` arguments (after :func:`apply_options`)."""
-    return MountConfig(
-        reference=args.reference,
-        mountpoint=os.path.abspath(args.mountpoint),
-        client_options=client_options,
-        foreground=bool(args.foreground),
-        fuse_options=frozenset(getattr(args, "fuse_options", ())),
-        prefetch=PrefetchMode(args.prefetch),
-        jobs=args.jobs,
-        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
-        cache_max_size=args.cache_max_size,
-        cache_memory=getattr(args, "cache_memory", None),
-        # The registry client already retries each request --retries times with backoff;
-        # the fetcher's own retries (for corrupt bytes and a registry that stays down) are
-        # kept small so a failed read reports within seconds, not minutes.
-        fetch_retries=min(2, args.retries - 1),
-        log_file=os.path.abspath(args.log_file) if args.log_file else None,
-        read_ahead_kb=args.read_ahead_kb,
-    )
-
-
 # =================================================================================================
 # Checks before mounting
 # =================================================================================================
-
-
-def check_mountpoint(path: str) -> None:
-    """Refuse, with one clear line, a mountpoint that cannot work: missing, not a directory,
-    a dead FUSE mount (ENOTCONN), or already a mount point."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"mountpoint {path} does not exist", hint="create it with mkdir") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise UsageError(
-                f"mountpoint {path} is a dead FUSE mount (its daemon exited)", hint=f"run: ocifs umount {path}"
-            ) from None
-        raise UsageError(f"mountpoint {path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise UsageError(f"{path} is already a mount point", hint=f"unmount it first (ocifs umount {path})")
 
 
 # =================================================================================================
@@ -254,16 +130,13 @@ def check_mountpoint(path: str) -> None:
 # =================================================================================================
 
 
-def run_mount(args: argparse.Namespace, client_options: ClientOptions) -> int:
-    """``ocifs mount``: check, then serve in the foreground (``-f``) or detach.
+def serve_mount(config: MountConfig) -> int:
+    """Serve the mount ``config`` describes: in this process until unmounted (foreground), or
+    in a detached child while this process waits for its readiness. The exit status.
 
-    Errors before the mount is ready are raised (foreground) or reported by the parent as one
-    line with exit status 1 (detached).
+    Errors before the mount is ready are raised (foreground) or reported by the waiting parent
+    as one line with exit status 1 (detached).
     """
-    os.environ.setdefault("PATH", DEFAULT_PATH)
-    config = config_from_args(args, client_options)
-    parse_reference(config.reference)  # a malformed reference fails here, before any fork
-    check_mountpoint(config.mountpoint)
     log_fd = _open_log_file(config.log_file)
     if config.foreground:
         return _serve_in_process(config, _Readiness(None))
@@ -428,7 +301,7 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
             # Installed before the mount exists, so a signal at any moment unmounts cleanly.
             await nursery.start(_watch_signals)
             # jobs x default chunk: the bytes that keep every download slot busy (prefetch.py).
-            budget = config.jobs * index.DEFAULT_CHUNK_SIZE
+            budget = config.jobs * DEFAULT_CHUNK_SIZE
             prefetcher = Prefetcher(nursery, mode=config.prefetch, budget_bytes=budget, max_window=budget)
             fs = FileSystem(resolved.artifact, pinned.repository, fetcher, prefetcher, reference=str(pinned))
             _init_fuse(Operations(fs), config.mountpoint, fuse_options(config, str(pinned)))
@@ -566,92 +439,3 @@ def _summary(fs: FileSystem) -> str:
 # =================================================================================================
 # ocifs umount
 # =================================================================================================
-
-
-#: ``ocifs umount`` waits this long for the daemon to finish its cache writes and exit.
-UMOUNT_WAIT = 60.0
-
-
-def run_umount(args: argparse.Namespace) -> int:
-    """``ocifs umount MOUNTPOINT [-z]``: ``fusermount3 -u`` (``-z``: lazy, detach now and let
-    the daemon serve open files until the last close). Without ``-z`` it then waits (up to
-    :data:`UMOUNT_WAIT`) for the daemon to exit, so the chunks it served are all in the cache
-    when the command returns (the daemon writes them behind the reads)."""
-    mountpoint = os.path.abspath(args.mountpoint)
-    if not _is_fuse_mount(mountpoint):
-        raise UsageError(f"{mountpoint} is not a FUSE mount")
-    daemon_pid = None if args.lazy else _daemon_pid(mountpoint)
-    tool = shutil.which("fusermount3") or shutil.which("fusermount3", path=DEFAULT_PATH)
-    if tool is None:
-        raise UsageError("fusermount3 not found", hint="install fuse3 (apt-get install fuse3)")
-    command = [tool, "-u", *(["-z"] if args.lazy else []), mountpoint]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        detail = " ".join(proc.stderr.split()) or f"fusermount3 exited with status {proc.returncode}"
-        detail = detail.removeprefix(f"{tool}: ").removeprefix("fusermount3: ")
-        hint = "a file is open there: close it, or use -z to detach lazily" if "busy" in detail else None
-        raise OcifsError(f"cannot unmount {mountpoint}: {detail}", hint=hint)
-    if daemon_pid is not None:
-        _wait_for_exit(daemon_pid, UMOUNT_WAIT)
-    return 0
-
-
-def _daemon_pid(mountpoint: str) -> int | None:
-    """The pid of the ocifs daemon serving ``mountpoint`` (from its stats xattr), or None
-    (not ocifs, a dead mount, another pid namespace: then there is nothing to wait for)."""
-    try:
-        pid = json.loads(os.getxattr(mountpoint, "user.ocifs.stats")).get("pid")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return None
-    return pid
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return  # gone
-        if state in ("Z", "X"):
-            return  # exited; its parent has yet to reap it
-        time.sleep(0.02)
-    log.info("the daemon (pid %d) is still finishing after %.0f s; not waiting longer", pid, timeout)
-
-
-def _is_fuse_mount(path: str) -> bool:
-    """Whether ``path`` is the mount point of a FUSE filesystem, from /proc/self/mountinfo
-    (no access to the mount itself: a dead mount answers ENOTCONN)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return True  # cannot tell: let fusermount3 decide
-    for line in lines:
-        fields = line.split()
-        separator = fields.index("-") if "-" in fields else -1
-        if (
-            len(fields) > 4
-            and separator > 0
-            and _unescape_mount_path(fields[4]) == path
-            and fields[separator + 1].startswith("fuse")
-        ):
-            return True
-    return False
-
-
-def _unescape_mount_path(text: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def read_stats(mountpoint: str) -> dict[str, Any]:
-    """The live counters of the ocifs mount at ``mountpoint`` (its root's ``user.ocifs.stats``
-    extended attribute; :meth:`ocifs.fs.FileSystem.stats` documents the fields)."""
-    try:
-        raw = os.getxattr(mountpoint, "user.ocifs.stats")
-    except OSError as exc:
-        raise UsageError(f"{mountpoint} is not an ocifs mount ({exc.strerror})") from None
-    data: dict[str, Any] = json.loads(raw)
-    return data

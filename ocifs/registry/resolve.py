@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ocifs import index
 from ocifs.errors import FormatError
+from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex
+from ocifs.format.parse import parse_chunk_index, parse_manifest
 from ocifs.reference import Reference
 from ocifs.registry.client import DOCKER_MANIFEST_LIST, OCI_INDEX, RegistryClient
 
@@ -23,7 +24,7 @@ class Resolved:
     """An artifact pinned to its manifest digest."""
 
     reference: Reference  # carries the digest
-    artifact: index.Artifact
+    artifact: Artifact
 
 
 async def resolve(client: RegistryClient, ref: Reference) -> Resolved:
@@ -34,14 +35,14 @@ async def resolve(client: RegistryClient, ref: Reference) -> Resolved:
             f"{ref} is an image index (multi-platform image), not a single artifact",
             hint="name one of its manifests by digest",
         )
-    artifact = index.parse_manifest(manifest.data)
+    artifact = parse_manifest(manifest.data)
     pinned = ref.with_digest(manifest.digest)
     if ref.digest is None:
         log.debug("%s resolved to %s", ref, manifest.digest)
     return Resolved(pinned, artifact)
 
 
-async def load_chunk_index(client: RegistryClient, repository: str, file: index.ChunkedFile) -> index.ChunkIndex:
+async def load_chunk_index(client: RegistryClient, repository: str, file: ChunkedFile) -> ChunkIndex:
     """Download, verify and validate the chunk index of ``file`` against the manifest."""
     data = await client.get_blob(repository, file.index.digest, file.index.size)
-    return index.parse_chunk_index(data, file)
+    return parse_chunk_index(data, file)

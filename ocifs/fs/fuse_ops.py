@@ -1,4 +1,4 @@
-"""The thin pyfuse3 adapter over :class:`ocifs.fs.FileSystem`: requests in, errno out.
+"""The thin pyfuse3 adapter over :class:`ocifs.fs.filesystem.FileSystem`: requests in, errno out.
 
 Owns: translating pyfuse3's request handlers into calls on the filesystem core, building
 pyfuse3's attribute objects, and the one mapping from exceptions to errno. Must not: hold
@@ -30,7 +30,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import pyfuse3
 
 from ocifs.errors import AuthenticationError, NotFound, OcifsError, PermissionDenied
-from ocifs.fs import BLOCK_SIZE, Attributes, FileSystem, IsADirectory
+from ocifs.fs.filesystem import BLOCK_SIZE, Attributes, FileSystem, IsADirectory
 
 log = logging.getLogger(__name__)
 

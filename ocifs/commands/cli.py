@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ocifs import __version__, config
+from ocifs.commands.arguments import parse_size, positive_float, positive_int
 from ocifs.errors import OcifsError, UsageError, fd_exhaustion, fd_exhaustion_hint, first_error
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions, RedactUrls
@@ -29,34 +30,6 @@ from ocifs.registry.retry import RetryPolicy
 log = logging.getLogger("ocifs")
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def parse_size(text: str) -> int:
-    """``16M``, ``1.5GiB``, ``4096`` → bytes (binary units), for argparse."""
-    try:
-        return config.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 DEFAULT_JOBS = 8
@@ -256,44 +229,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from ocifs.push import run_push
+    from ocifs.commands.push import run_push
 
     return run_push(args, client_options(args))
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from ocifs.pull import run_pull
+    from ocifs.commands.pull import run_pull
 
     return run_pull(args, client_options(args))
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ocifs.inspect import run_inspect
+    from ocifs.commands.inspect import run_inspect
 
     return run_inspect(args, client_options(args))
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from ocifs.cache_cmd import run_cache
+    from ocifs.commands.cache import run_cache
 
     return run_cache(args)
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
-    from ocifs.daemon import apply_options, run_mount
+    from ocifs.commands.mount import apply_options, run_mount
 
     apply_options(args)  # -o keys of ours become flags first: they may change client options
     return run_mount(args, client_options(args))
 
 
 def _cmd_umount(args: argparse.Namespace) -> int:
-    from ocifs.daemon import run_umount
+    from ocifs.commands.mount import run_umount
 
     return run_umount(args)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ocifs.status import run_status
+    from ocifs.commands.status import run_status
 
     return run_status(args)
 

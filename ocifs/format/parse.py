@@ -1,0 +1,221 @@
+"""Parse and validate untrusted manifests and chunk indexes against every reader rule of
+docs/spec.md §8 (each check carries its rule number, ``R1``…``R17``, in a comment).
+
+Every failure on untrusted input is a :class:`~ocifs.errors.FormatError` with one line naming
+the culprit (the layer and the file path), except a chunk-index blob whose bytes do not match
+its descriptor digest, which is an :class:`~ocifs.errors.IntegrityError`. Must not: do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ocifs.digest import Digest
+from ocifs.errors import FormatError, IntegrityError
+from ocifs.format.checks import (
+    check_annotations,
+    check_decimal,
+    check_digest,
+    check_integer,
+    check_layout,
+    check_media_type,
+    check_object,
+    load_json,
+)
+from ocifs.format.media import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_PATH,
+    ANNOTATION_SIZE,
+    EMPTY_BLOB_DIGESTS,
+    INDEX_SCHEMA_VERSION,
+    MANIFEST_SCHEMA_VERSION,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_FILE_SIZE,
+    MAX_INDEX_BYTES,
+    MAX_LAYERS,
+    MAX_MANIFEST_BYTES,
+    MEDIA_TYPE_CHUNK,
+    MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+    MIN_CHUNK_SIZE,
+)
+from ocifs.format.messages import json_type, show
+from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, ChunkRef, Descriptor, File, PlainFile
+from ocifs.format.paths import check_paths, validate_path
+
+
+def parse_manifest(data: bytes, *, max_layers: int = MAX_LAYERS) -> Artifact:
+    """Parse and validate untrusted manifest bytes (rules R1–R13 of docs/spec.md §8).
+
+    Returns the :class:`Artifact` with ``manifest_digest`` = sha256 of ``data``. Raises
+    :class:`FormatError` (and nothing else, whatever the input) naming the culprit.
+    """
+    doc = check_object(load_json(data, "manifest", MAX_MANIFEST_BYTES), "manifest")  # R1, R2
+    # R4: an OCI (or Docker schema 2, same shape) image manifest, nothing else.
+    media_type = doc.get("mediaType", MEDIA_TYPE_MANIFEST)
+    if media_type in (MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_DOCKER_MANIFEST_LIST) or (
+        "manifests" in doc and "layers" not in doc
+    ):
+        raise FormatError(
+            "manifest is an image index, not an image manifest",
+            hint="name one of its manifests by digest",
+        )
+    if media_type not in (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST):
+        raise FormatError(f"manifest mediaType {show(media_type)} is not an OCI image manifest")
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:
+        raise FormatError(f"manifest schemaVersion {show(version)} is not supported (expected 2)")
+    # R5
+    config = parse_descriptor(doc.get("config"), where="manifest config")
+    artifact_type = doc.get("artifactType")
+    if artifact_type is not None:
+        artifact_type = check_media_type(artifact_type, "manifest artifactType")
+    annotations = check_annotations(doc.get("annotations"), "manifest annotations")
+    raw_layers = doc.get("layers")
+    if not isinstance(raw_layers, list):
+        raise FormatError(f"manifest layers must be an array, got {json_type(raw_layers)}")
+    if len(raw_layers) > max_layers:
+        raise FormatError(f"manifest has {len(raw_layers)} layers, above the limit of {max_layers}")
+    layers = [parse_descriptor(obj, where=f"manifest layers[{i}]") for i, obj in enumerate(raw_layers)]  # R6
+
+    files: list[File] = []
+    skipped: list[Descriptor] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        where = f"manifest layers[{i}]"
+        if layer.media_type == MEDIA_TYPE_CHUNK_INDEX:
+            run_end = i + 1
+            while run_end < len(layers) and layers[run_end].media_type == MEDIA_TYPE_CHUNK:
+                run_end += 1
+            files.append(_chunked_file(layer, layers[i + 1 : run_end], i, where))  # R7, R8
+            i = run_end
+            continue
+        if layer.media_type == MEDIA_TYPE_CHUNK:  # R9
+            raise FormatError(f"{where}: chunk layer does not follow a chunk-index layer or its chunks")
+        title = layer.title
+        if title is not None:  # R10
+            path = validate_path(title, f"{where} title")
+            if layer.size == 0 and layer.digest not in EMPTY_BLOB_DIGESTS:
+                raise FormatError(f"{where} ({show(path)}): size 0 but digest {layer.digest} is not the empty blob's")
+            files.append(PlainFile(path, layer.size, layer.digest, layer.media_type))
+        else:  # R11
+            skipped.append(layer)
+        i += 1
+    check_paths([f.path for f in files], "manifest")  # R12
+    return Artifact(Digest.of_bytes(data), media_type, artifact_type, config, tuple(files), tuple(skipped), annotations)
+
+
+def parse_descriptor(obj: object, *, where: str = "descriptor") -> Descriptor:
+    """Validate and convert a parsed JSON descriptor (rule R6); unknown fields are ignored.
+
+    Raises :class:`FormatError` whose message starts with ``where``.
+    """
+    d = check_object(obj, where)  # R3: only the fields below are read; any other is ignored
+    media_type = check_media_type(d.get("mediaType"), f"{where} mediaType")
+    digest = check_digest(d.get("digest"), f"{where} digest")
+    size = check_integer(d.get("size"), f"{where} size", 0, MAX_FILE_SIZE)
+    annotations = check_annotations(d.get("annotations"), f"{where} annotations")
+    return Descriptor(media_type, digest, size, annotations)
+
+
+def _chunked_file(index: Descriptor, chunks: Sequence[Descriptor], position: int, where: str) -> ChunkedFile:
+    """R7 and R8 for the chunk-index layer at ``position`` and the chunk layers after it."""
+    path = validate_path(index.annotations.get(ANNOTATION_PATH), f"{where} annotation {ANNOTATION_PATH}")
+    where = f"{where} (index of {show(path)})"
+    size = check_decimal(index.annotations.get(ANNOTATION_SIZE), f"{where} annotation {ANNOTATION_SIZE}")
+    if size < 1:
+        raise FormatError(f"{where}: size 0; an empty file must be a plain layer")
+    file_digest = None
+    if ANNOTATION_DIGEST in index.annotations:
+        file_digest = check_digest(
+            index.annotations[ANNOTATION_DIGEST], f"{where} annotation {ANNOTATION_DIGEST}", True
+        )
+    if index.digest.algorithm != "sha256":
+        raise FormatError(f"{where}: digest {index.digest} is not sha256")
+    if not 1 <= index.size <= MAX_INDEX_BYTES:
+        raise FormatError(f"{where}: size {index.size} outside 1..{MAX_INDEX_BYTES}")
+    if not chunks:
+        raise FormatError(f"{where}: no chunk layers follow it")
+    if len(chunks) > MAX_CHUNKS:
+        raise FormatError(f"{where}: {len(chunks)} chunk layers, above the limit of {MAX_CHUNKS}")
+    total = 0
+    for n, chunk in enumerate(chunks):
+        chunk_where = f"manifest layers[{position + 1 + n}] (chunk {n} of {show(path)})"
+        if chunk.digest.algorithm != "sha256":
+            raise FormatError(f"{chunk_where}: digest {chunk.digest} is not sha256")
+        check_integer(chunk.size, f"{chunk_where} size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        total += chunk.size
+    if total != size:
+        raise FormatError(f"{where}: chunk layers sum to {total} bytes but {ANNOTATION_SIZE} says {size}")
+    return ChunkedFile(path, size, file_digest, index, tuple(chunks))
+
+
+def parse_chunk_index(data: bytes, expected: ChunkedFile) -> ChunkIndex:
+    """Parse and validate an untrusted chunk-index blob of ``expected`` (rules R1, R2, R14–R17).
+
+    ``data`` must be exactly the blob ``expected.index`` names: a wrong length is a
+    :class:`FormatError`, a wrong sha256 an :class:`IntegrityError`. Every other failure is a
+    :class:`FormatError` naming the file. The result equals ``expected.layout()`` except for
+    ``file_media_type``, and ``file_digest`` when only the index states it (the index's wins;
+    when both state it they are equal; when only the manifest does, the manifest's is kept).
+    """
+    where = f"chunk index of {show(expected.path)}"
+    if len(data) > MAX_INDEX_BYTES:  # R1
+        raise FormatError(f"{where} is {len(data)} bytes, above the limit of {MAX_INDEX_BYTES}")
+    if len(data) != expected.index.size:
+        raise FormatError(f"{where} is {len(data)} bytes but its descriptor says {expected.index.size}")
+    if not expected.index.digest.matches(data):
+        raise IntegrityError(f"{where} does not match its digest {expected.index.digest}")
+    doc = check_object(load_json(data, where, MAX_INDEX_BYTES), where)  # R2
+    # R14: refuse what we cannot understand rather than misread it.
+    media_type = doc.get("mediaType")
+    if media_type != MEDIA_TYPE_CHUNK_INDEX:
+        raise FormatError(f"{where}: unsupported mediaType {show(media_type)} (expected {MEDIA_TYPE_CHUNK_INDEX})")
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != INDEX_SCHEMA_VERSION:
+        raise FormatError(f"{where}: unsupported schemaVersion {show(version)} (expected {INDEX_SCHEMA_VERSION})")
+    # R15
+    size = check_integer(doc.get("size"), f"{where} size", 1, MAX_FILE_SIZE)
+    if size != expected.size:
+        raise FormatError(f"{where}: size {size} but the manifest says {expected.size}")
+    file_media_type = check_media_type(doc.get("fileMediaType"), f"{where} fileMediaType")
+    file_digest = None
+    if "fileDigest" in doc:
+        file_digest = check_digest(doc["fileDigest"], f"{where} fileDigest", True)
+        if expected.file_digest is not None and file_digest != expected.file_digest:
+            raise FormatError(f"{where}: fileDigest {file_digest} but the manifest says {expected.file_digest}")
+    # R16
+    raw_chunks = doc.get("chunks")
+    if not isinstance(raw_chunks, list):
+        raise FormatError(f"{where}: chunks must be an array, got {json_type(raw_chunks)}")
+    if not 1 <= len(raw_chunks) <= MAX_CHUNKS:
+        raise FormatError(f"{where}: {len(raw_chunks)} chunks, outside 1..{MAX_CHUNKS}")
+    refs: list[ChunkRef] = []
+    for n, raw in enumerate(raw_chunks):
+        chunk_where = f"{where} chunks[{n}]"
+        obj = check_object(raw, chunk_where)
+        refs.append(
+            ChunkRef(
+                check_digest(obj.get("digest"), f"{chunk_where} digest", True),
+                check_integer(obj.get("size"), f"{chunk_where} size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
+                check_integer(obj.get("offset"), f"{chunk_where} offset", 0, MAX_FILE_SIZE),
+            )
+        )
+    check_layout(size, refs, where)
+    # R17: the index must describe exactly the chunk layers the manifest keeps alive.
+    if len(refs) != len(expected.chunks):
+        raise FormatError(f"{where}: {len(refs)} chunks but the manifest has {len(expected.chunks)} chunk layers")
+    for n, (ref, layer) in enumerate(zip(refs, expected.chunks, strict=True)):
+        if ref.digest != layer.digest or ref.size != layer.size:
+            raise FormatError(
+                f"{where} chunks[{n}]: {ref.digest.short} ({ref.size} bytes) differs from the manifest's "
+                f"chunk layer {layer.digest.short} ({layer.size} bytes)"
+            )
+    if file_digest is None:
+        file_digest = expected.file_digest
+    return ChunkIndex(size, file_media_type, file_digest, tuple(refs))
