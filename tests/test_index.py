@@ -1,4 +1,4 @@
-"""Tests of ocifs.index: the wire format of docs/spec.md, built, parsed, refused and mapped.
+"""Tests of ocifs.format: the wire format of docs/spec.md, built, parsed, refused and mapped.
 
 One small test per reader rule of spec §8 (the rule number is in the test name or id), round
 trips from builder to parser, the worked example of the spec checked byte for byte, and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ def test_spec_names_every_rule_the_code_checks() -> None:
     for rule in sorted(set(re.findall(r"\bR(\d+)\b", code)), key=int):
         assert re.search(rf"\*\*R{rule}\*\*", spec), f"R{rule} is checked in ocifs/format/ but not defined in spec.md"
     for rule in re.findall(r"\*\*R(\d+)\*\*", spec):
-        assert re.search(rf"\bR{rule}\b", code), f"spec rule R{rule} has no check in index.py"
+        assert re.search(rf"\bR{rule}\b", code), f"spec rule R{rule} has no check in ocifs/format/"
 
 
 # --- round trips -------------------------------------------------------------------------------------
@@ -209,13 +210,16 @@ def test_build_then_parse_round_trips() -> None:
     assert artifact.annotations == {"org.example": "yes"}
     assert artifact.files == (chunked_file("m/big.bin", BIG), small, empty)
     assert artifact.skipped == ()
-    assert artifact.find("docs/a.txt") == small and artifact.find("docs") is None
+    by_path = {f.path: f for f in artifact.files}
+    assert by_path["docs/a.txt"] == small and "docs" not in by_path  # a directory is no file
     assert artifact.total_size == BIG.size + small.size
     big = artifact.files[0]
     assert isinstance(big, ChunkedFile)
     assert parse_chunk_index(BIG.to_bytes(), big) == BIG
-    layout = big.layout()
-    assert layout.chunks == BIG.chunks and layout.size == BIG.size
+    # The manifest alone implies the layout: its chunk layers, at the running sums of their sizes.
+    offsets = list(accumulate((d.size for d in big.chunks), initial=0))
+    assert tuple(ChunkRef(d.digest, d.size, o) for d, o in zip(big.chunks, offsets[:-1], strict=True)) == BIG.chunks
+    assert offsets[-1] == big.size == BIG.size
 
 
 def test_manifest_bytes_are_canonical() -> None:
@@ -865,9 +869,9 @@ def test_spans_examples() -> None:
     assert [(s.chunk_index, s.start, s.end) for s in index.spans(3, 2)] == [(0, 3, 4), (1, 0, 1)]
     assert [(s.chunk_index, s.start, s.end) for s in index.spans(8, 100)] == [(2, 0, 2)]
     assert index.spans(10, 1) == [] and index.spans(3, 0) == [] and index.spans(99, 5) == []
-    assert index.chunk_at(0) == 0 and index.chunk_at(4) == 1 and index.chunk_at(9) == 2
-    with pytest.raises(ValueError):
-        index.chunk_at(10)
+    # The chunk holding one byte: the first and last byte of each chunk, none past the end.
+    assert [index.spans(o, 1)[0].chunk_index for o in (0, 3, 4, 7, 8, 9)] == [0, 0, 1, 1, 2, 2]
+    assert index.spans(10, 1) == [] and index.spans(9, 5) == [index.spans(9, 1)[0]]
     with pytest.raises(ValueError):
         index.spans(-1, 3)
 
@@ -886,14 +890,14 @@ def test_spans_cover_exactly_the_requested_range(sizes: list[int], offset: int, 
     for span in spans:
         assert 0 <= span.start < span.end <= span.chunk.size
         assert span.chunk is index.chunks[span.chunk_index]
-        assert span.file_offset == position
+        assert span.chunk.offset + span.start == position
         position += span.length
     if spans:
         assert position == end
     else:
         assert offset >= index.size or length == 0
     if offset < index.size and length:
-        assert spans[0].chunk_index == index.chunk_at(offset)
+        assert spans[0].chunk.offset <= offset < spans[0].chunk.end  # starts in the chunk holding offset
 
 
 # --- fuzzing: hostile input raises FormatError and nothing else ---------------------------------------

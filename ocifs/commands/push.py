@@ -33,7 +33,7 @@ from ocifs.digest import Digest
 from ocifs.errors import OcifsError, UsageError, collapse_groups
 from ocifs.format.build import build_chunk_index, build_manifest, is_chunked
 from ocifs.format.media import DEFAULT_ARTIFACT_TYPE, DEFAULT_CHUNK_SIZE, DEFAULT_LAYER_BUDGET
-from ocifs.format.model import EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
+from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
 from ocifs.format.paths import check_paths, validate_path
 from ocifs.format.plan import plan_chunk_size
 from ocifs.reference import Reference, parse_reference, parse_repository
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 # >=100 MB (../shared/design.md §2). Measured choice recorded in docs/benchmarks.md.
 DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
-EMPTY_CONFIG = b"{}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +289,7 @@ async def _finish(
     async with trio.open_nursery() as nursery:
         for result in results:
             entries.append(_entry_for(result, nursery, client, ref.repository, counters))
-        config_data = options.config if options.config is not None else EMPTY_CONFIG
+        config_data = options.config if options.config is not None else EMPTY_CONFIG_DATA
         config = EMPTY_DESCRIPTOR
         if options.config is not None:
             config = Descriptor(options.config_media_type, Digest.of_bytes(config_data), len(config_data))

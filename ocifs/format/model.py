@@ -65,7 +65,9 @@ class Descriptor:
 
 
 EMPTY_CONFIG_DATA = b"{}"
-"""The bytes of the OCI empty blob (``application/vnd.oci.empty.v1+json``)."""
+"""The bytes of the OCI empty blob (``application/vnd.oci.empty.v1+json``): what push uploads as
+the config when the user supplies none, since a registry refuses a manifest whose config blob it
+does not hold (``MANIFEST_BLOB_UNKNOWN``)."""
 
 EMPTY_DESCRIPTOR = Descriptor(MEDIA_TYPE_EMPTY, EMPTY_JSON_DIGEST, 2)
 """The OCI empty descriptor (the blob ``{}``): the config unless the user supplies one."""
@@ -97,11 +99,6 @@ class Span:
     @property
     def length(self) -> int:
         return self.end - self.start
-
-    @property
-    def file_offset(self) -> int:
-        """Where this slice starts in the file."""
-        return self.chunk.offset + self.start
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +135,6 @@ class ChunkIndex:
     def to_bytes(self) -> bytes:
         """The canonical blob: compact UTF-8 JSON with sorted keys. Its sha256 names the index."""
         return canonical_json(self.to_json())
-
-    def chunk_at(self, offset: int) -> int:
-        """The number of the chunk holding byte ``offset``; ``ValueError`` outside ``[0, size)``."""
-        if not 0 <= offset < self.size:
-            raise ValueError(f"offset {offset} outside the file (size {self.size})")
-        return bisect_right(self._offsets, offset) - 1
 
     def spans(self, offset: int, length: int) -> list[Span]:
         """The chunk slices covering bytes ``[offset, offset + length)``, in file order.
@@ -183,20 +174,6 @@ class ChunkedFile:
     file_digest: Digest | None
     index: Descriptor
     chunks: tuple[Descriptor, ...]
-
-    def layout(self) -> ChunkIndex:
-        """The chunk layout the manifest alone implies (offsets are the running sums of sizes).
-
-        Readers may serve reads with it before (or without) fetching the index blob;
-        :func:`parse_chunk_index` guarantees the index agrees. ``file_media_type`` is
-        ``application/octet-stream`` because only the index blob knows the real one.
-        """
-        refs: list[ChunkRef] = []
-        offset = 0
-        for chunk in self.chunks:
-            refs.append(ChunkRef(chunk.digest, chunk.size, offset))
-            offset += chunk.size
-        return ChunkIndex(self.size, DEFAULT_FILE_MEDIA_TYPE, self.file_digest, tuple(refs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,13 +216,6 @@ class Artifact:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "annotations", _frozen_mapping(self.annotations))
-
-    def find(self, path: str) -> File | None:
-        """The file at ``path``, or ``None`` (linear scan; index the files yourself for many)."""
-        for f in self.files:
-            if f.path == path:
-                return f
-        return None
 
     @property
     def total_size(self) -> int:

@@ -160,9 +160,10 @@ def parse_chunk_index(data: bytes, expected: ChunkedFile) -> ChunkIndex:
 
     ``data`` must be exactly the blob ``expected.index`` names: a wrong length is a
     :class:`FormatError`, a wrong sha256 an :class:`IntegrityError`. Every other failure is a
-    :class:`FormatError` naming the file. The result equals ``expected.layout()`` except for
-    ``file_media_type``, and ``file_digest`` when only the index states it (the index's wins;
-    when both state it they are equal; when only the manifest does, the manifest's is kept).
+    :class:`FormatError` naming the file. The result's chunks are exactly ``expected.chunks``
+    (same digests and sizes, in order, at offsets that are the running sums of the sizes), so a
+    reader may trust either; its ``file_digest`` is the index's when only the index states it
+    (when both state it they are equal; when only the manifest does, the manifest's is kept).
     """
     where = f"chunk index of {show(expected.path)}"
     if len(data) > MAX_INDEX_BYTES:  # R1
