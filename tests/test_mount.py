@@ -42,6 +42,10 @@ MiB = 1024 * 1024
 SMALL_CHUNK = 256 * 1024
 PYTHON = [sys.executable, "-m", "ocifs"]
 READY_TIMEOUT = 30.0
+#: How long a mount's counters must stay unchanged, with nothing in flight, to count as settled:
+#: the kernel sends its read-ahead for a read to the daemon after the read has returned.
+QUIET_SECONDS = 0.3
+SETTLE_TIMEOUT = 20.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +81,30 @@ class Mount:
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(os.getxattr(self.path, "user.ocifs.stats"))
         return data
+
+    def settled(self, timeout: float = SETTLE_TIMEOUT) -> dict[str, Any]:
+        """The counters once the mount has stopped fetching: no download in flight, no
+        read-ahead queued, and no read, download or scheduled read-ahead counted for
+        ``QUIET_SECONDS``. An upper bound on what a read fetched is proven only on these: after
+        a fixed sleep a download still running would not be counted yet, and the bound would
+        pass however much it fetched. Fails when the mount is still busy after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        seen: tuple[int, ...] = ()
+        quiet_since = time.monotonic()
+        while True:
+            stats = self.stats()
+            fetch, fs, prefetch = stats["fetch"], stats["fs"], stats.get("prefetch", {})
+            busy = fetch["in_flight"] or prefetch.get("queued", 0)
+            counters = (
+                fetch["downloads"], fs["reads"], fs["index_loads"], fs["piece_fetches"], prefetch.get("scheduled", 0)
+            )  # fmt: skip
+            now = time.monotonic()
+            if busy or counters != seen:
+                seen, quiet_since = counters, now
+            elif now - quiet_since >= QUIET_SECONDS:
+                return stats
+            assert now < deadline, f"the mount was still fetching after {timeout} s: {stats}"
+            time.sleep(0.02)
 
     def alive(self) -> bool:
         if self.proc is not None:
@@ -287,15 +315,14 @@ def test_eight_concurrent_readers_of_the_same_and_different_files(mounts: Mounte
     assert not errors
     assert [results[i] for i in range(8)] == [expected[n] for n in names]
     # Each chunk of the shared file was downloaded once, however many readers wanted it.
-    assert mount.stats()["fetch"]["downloads"] <= 1 + 6 + 3 * 2  # several's index+chunks; 3 others
+    assert mount.settled()["fetch"]["downloads"] <= 1 + 6 + 3 * 2  # several's index+chunks; 3 others
 
 
 def test_reading_the_first_mib_fetches_the_index_and_one_or_two_chunks(mounts: Mounter, big: Pushed) -> None:
     mount = mounts(big.ref)
     with open(mount.path / "big.bin", "rb") as f:
         assert f.read(MiB) == (big.source / "big.bin").read_bytes()[:MiB]
-    time.sleep(0.5)  # let any read-ahead the read started show up in the counters
-    fetch = mount.stats()["fetch"]
+    fetch = mount.settled()["fetch"]  # any read-ahead the read started has ended and is counted
     assert 2 <= fetch["downloads"] <= 3, fetch
     assert fetch["bytes_downloaded"] <= 2 * 16 * MiB + 4096, fetch
 
@@ -307,7 +334,7 @@ def test_full_sequential_read_is_right_and_reads_ahead(mounts: Mounter, big: Pus
         while block := f.read(MiB):
             digest.update(block)
     assert digest.hexdigest() == hashlib.sha256((big.source / "big.bin").read_bytes()).hexdigest()
-    stats = mount.stats()
+    stats = mount.settled()
     assert stats["prefetch"]["completed"] >= 6  # most chunks arrived before they were read
     assert stats["fetch"]["downloads"] == 9  # the index and 8 chunks, each once
     assert stats["fetch"]["errors"] == 0
@@ -365,8 +392,7 @@ def test_safetensors_reads_one_tensor_fetching_a_small_fraction(
     with safe_open(str(mount.path / "model.safetensors"), framework="numpy") as f:
         assert len(list(f.keys())) == 384
         assert numpy.array_equal(f.get_tensor("layer.200.weight"), tensors["layer.200.weight"])
-    time.sleep(0.5)
-    fetched = mount.stats()["fetch"]["bytes_downloaded"]
+    fetched = mount.settled()["fetch"]["bytes_downloaded"]
     # The header's chunk, the tensor's one or two chunks, at most one more read ahead.
     assert fetched <= 4 * 16 * MiB + 64 * 1024, fetched
     assert fetched / size < 0.2
@@ -390,8 +416,7 @@ def test_loading_one_large_tensor_reads_ahead_no_further_than_its_end(
     mount = mounts(ref)
     with safe_open(str(mount.path / "model.safetensors"), framework="numpy") as f:
         assert numpy.array_equal(f.get_tensor("t06"), tensors["t06"])
-    time.sleep(0.5)
-    stats = mount.stats()
+    stats = mount.settled()
     # The header's chunk, the tensor's 3 chunks (it starts just after a chunk boundary), one
     # more before it (the kernel reads around the first page fault), and the chunk index.
     assert stats["fetch"]["bytes_downloaded"] <= 5 * 16 * MiB + 64 * 1024, stats["fetch"]
@@ -513,7 +538,7 @@ def test_the_cache_serves_the_next_mount(mounts: Mounter, matrix: Pushed, tmp_pa
     second = mounts(matrix.ref, cache=cache)
     out = subprocess.run(["cat", str(second.path / "deep/dir/several")], check=True, capture_output=True, timeout=30)
     assert out.stdout == (matrix.source / "deep/dir/several").read_bytes()
-    stats = second.stats()["fetch"]
+    stats = second.settled()["fetch"]
     assert stats["downloads"] == 0 and stats["disk_hits"] > 0
 
 
@@ -521,10 +546,13 @@ def test_whole_prefetch_fetches_a_file_on_open(mounts: Mounter, matrix: Pushed) 
     mount = mounts(matrix.ref, "--prefetch", "whole")
     with open(mount.path / "deep/dir/several", "rb"):
         pass
-    deadline = time.monotonic() + 10
-    while mount.stats()["prefetch"]["completed"] < 6 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # the prefetch starts after open returns: wait for its end
+    while mount.stats()["prefetch"]["completed"] < 6:
+        assert time.monotonic() < deadline, mount.stats()
         time.sleep(0.05)
-    assert mount.stats()["fetch"]["downloads"] == 7  # the index and all 6 chunks, no read at all
+    stats = mount.settled()  # and nothing more is fetched after it
+    assert stats["prefetch"]["completed"] == 6
+    assert stats["fetch"]["downloads"] == 7  # the index and all 6 chunks, no read at all
 
 
 def test_mount_helper_form_with_fstab_options(mounts: Mounter, matrix: Pushed) -> None:
