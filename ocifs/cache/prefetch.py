@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 #: A read starting within this distance of the furthest byte read so far continues the run.
-#: We raise the mount's read_ahead_kb to 4 MiB (../shared/fuse.md), and the kernel starts the
-#: next asynchronous readahead window while the previous one is still in flight, so requests
-#: of one sequential reader span up to two windows (8 MiB) and complete in any order.
+#: We raise the mount's read_ahead_kb to 4 MiB, and the kernel starts the next asynchronous
+#: readahead window while the previous one is still in flight, so requests of one sequential
+#: reader span up to two windows (8 MiB) and complete in any order (docs/platform.md "FUSE on
+#: Linux").
 SEQUENTIAL_TOLERANCE = 8 * MiB
 
 #: The first window of a run: read-ahead starts once a sequential reader is within 8 MiB of
@@ -64,8 +65,9 @@ INITIAL_WINDOW = 8 * MiB
 
 #: The window never exceeds this: 8 default 16 MiB chunks, enough to keep the default 8
 #: parallel downloads busy (8 parallel GETs saturate loopback on 2 cores and beat one stream
-#: by 3x at 40 ms RTT, ../shared/design.md §7), and half the chunk cache's 256 MiB memory
-#: tier, so prefetched chunks are still in memory when the reader gets there.
+#: by 3x at 40 ms RTT: docs/platform.md "Measured on the reference machine"), and half the
+#: chunk cache's 256 MiB memory tier, so prefetched chunks are still in memory when the reader
+#: gets there.
 DEFAULT_MAX_WINDOW = 128 * MiB
 
 #: Default global budget of bytes being prefetched at once, over all open files: the same

@@ -41,7 +41,8 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # 40-byte path), so the index of any manifest that fits 4 MiB is under 4 MiB: 8 MiB is headroom.
 MAX_INDEX_BYTES = 8 * 1024 * 1024
 # Pushers keep a manifest within this many layers by growing the chunk size; ECR refuses images
-# at a few hundred layers, so the pusher makes it configurable (../shared/registries.md).
+# at a few hundred layers, so the pusher makes it configurable (docs/platform.md "Registries in
+# the field").
 DEFAULT_LAYER_BUDGET = 10_000
 # Readers' hard cap: bounds parsing work; a 4 MiB manifest holds at most ~20,000 descriptors anyway.
 MAX_LAYERS = 100_000

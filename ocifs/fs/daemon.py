@@ -6,7 +6,7 @@ of the mount, clean shutdown on signals. Must not: parse command lines or ``-o``
 (:mod:`ocifs.commands.mount`, :mod:`ocifs.fs.options`), implement filesystem behaviour
 (:mod:`ocifs.fs.filesystem`) or map errors to errno (:mod:`ocifs.fs.fuse_ops`).
 
-Lifecycle (facts verified on this kind of machine, ../shared/fuse.md):
+Lifecycle (facts checked on the reference machine: docs/platform.md "FUSE on Linux"):
 
 1. The parent checks the mountpoint, then forks **before** ``trio.run`` (forking after
    ``pyfuse3.init``, s3ql's way, reported success for a dead mount). The child starts a new
@@ -56,15 +56,15 @@ from ocifs.registry.resolve import resolve
 log = logging.getLogger(__name__)
 
 #: The mount's readahead after the handshake, in KiB. 4 MiB gives 1 MiB requests and several
-#: of them in flight: ~1,300-1,400 MiB/s cold through pyfuse3 here, against ~670 MiB/s with
-#: the default 128 KiB (../shared/design.md §7). Larger values mainly buy parallelism but make
-#: every mmap page fault read more (a fault reads a readahead window around the page), which
-#: costs lazy loaders.
+#: of them in flight: ~1,300-1,400 MiB/s cold through a pyfuse3 passthrough, against ~670
+#: MiB/s with the default 128 KiB (docs/platform.md "Measured on the reference machine").
+#: Larger values mainly buy parallelism but make every mmap page fault read more (a fault
+#: reads a readahead window around the page), which costs lazy loaders.
 DEFAULT_READ_AHEAD_KB = 4096
 
 #: FUSE background requests (readahead) in flight per mount; the kernel default is 12. With
 #: 5 ms per read, 16 MiB readahead and 64 background requests reached 962 MB/s where 12 gave
-#: 562 (../shared/fuse.md). pyfuse3 runs up to ~99 handlers, so 64 fits.
+#: 562 (docs/platform.md "FUSE on Linux"). pyfuse3 runs up to ~99 handlers, so 64 fits.
 DEFAULT_MAX_BACKGROUND = 64
 
 #: How long the child waits for the first stat of the mount root before giving up.

@@ -5,7 +5,8 @@ per repository, and recording every request so tests can assert that clients cac
 Must not: talk to anything but loopback, log secrets, or pull in a JWT library (the token is
 written by hand with ``cryptography`` so every claim the registry checks is visible here).
 
-Protocol (docker "token authentication specification", facts verified in shared/registries.md):
+Protocol (docker "token authentication specification"; the facts checked against distribution
+2.8 are in docs/platform.md "Registries in the field"):
 
 * ``GET <realm>?service=<service>&scope=<scope>[&scope=...]`` with optional Basic credentials.
   No credentials = anonymous. Wrong credentials = 401. A ``service`` other than ours = 400.
