@@ -72,7 +72,8 @@ DEFAULT_MAX_WINDOW = 128 * MiB
 
 #: Default global budget of bytes being prefetched at once, over all open files: the same
 #: 8 x 16 MiB. Memory held by prefetch downloads is bounded by it, independent of file size
-#: and of the number of open files (design §6, memory target).
+#: and of the number of open files: a mount's memory is set by its configuration, not by what
+#: it serves (docs/operations.md "The cache and memory" has the measured parts).
 DEFAULT_BUDGET = 128 * MiB
 
 #: A run is considered sequential (and read-ahead starts) after this many reads in it: one
