@@ -300,7 +300,7 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
         async with fetcher.writing_behind(), trio.open_nursery() as nursery:
             # Installed before the mount exists, so a signal at any moment unmounts cleanly.
             await nursery.start(_watch_signals)
-            # jobs x default chunk: the bytes that keep every download slot busy (prefetch.py).
+            # jobs x default chunk: the bytes that keep every download slot busy (cache/prefetch.py).
             budget = config.jobs * DEFAULT_CHUNK_SIZE
             prefetcher = Prefetcher(nursery, mode=config.prefetch, budget_bytes=budget, max_window=budget)
             fs = FileSystem(resolved.artifact, pinned.repository, fetcher, prefetcher, reference=str(pinned))
