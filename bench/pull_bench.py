@@ -73,7 +73,7 @@ SUITE = "pull"
 TENSOR_BYTES = 64 * MIB
 TITLE = "org.opencontainers.image.title"
 
-# Targets (design brief §6 and the issue).
+# Targets of the pull and mount issues (docs/benchmarks.md states each beside its measurement).
 TARGET_VS_ORAS = 1.5
 TARGET_VS_CURL_FILE_SHA = 1.0  # "faster than"
 

@@ -353,9 +353,10 @@ def tune_malloc() -> None:
       others; with an arena per thread each arena keeps its own freed blocks, and a push of
       1 GiB peaked at 350–450 MiB RSS instead of 185–200 (measured; speed and CPU unchanged).
     - A fixed mmap threshold of 64 MiB and a trim threshold of 256 MiB, so freed chunks are
-      reused instead of unmapped and mapped again: on this VM a fresh page costs a fault plus
-      host work, and a warm 4 GiB read through the mount spent 0.65–0.9 instead of 0.86–0.99
-      CPU-s per GiB (cold: 2.0 instead of 2.1), at about the same peak RSS (479 vs 494 MiB).
+      reused instead of unmapped and mapped again: on the reference machine a fresh page costs a
+      fault plus host work (docs/benchmarks.md, "malloc"), and a warm 4 GiB read through the
+      mount spent 0.65–0.9 instead of 0.86–0.99 CPU-s per GiB (cold: 2.0 instead of 2.1), at
+      about the same peak RSS (479 vs 494 MiB).
 
     Ignored where the C library is not glibc."""
     try:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # 16 MiB: small enough that a lazy read fetches little, large enough that per-request costs
 # (HEAD + POST + PUT, registry fsync) vanish; registries cope badly with single uploads of
-# >=100 MB (../shared/design.md §2). Measured choice recorded in docs/benchmarks.md.
+# >=100 MB (docs/platform.md, "Registries in the field"). Measured choice in docs/benchmarks.md.
 DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
 

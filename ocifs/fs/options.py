@@ -29,7 +29,7 @@ OCIFS_OPTIONS: dict[str, bool] = {
 
 
 #: ``-o`` options that mean something to mount(8), mount.fuse3 or systemd but not to libfuse,
-#: whose ``fuse_session_new`` fails on any option it does not know (../shared/fuse.md).
+#: whose ``fuse_session_new`` fails on any option it does not know (docs/platform.md, "FUSE on Linux").
 DROPPED_OPTIONS = frozenset({"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "owner", "defaults"})
 
 
