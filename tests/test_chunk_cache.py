@@ -614,3 +614,50 @@ def test_a_filesystem_accepting_the_flag_but_refusing_direct_io_falls_back(
     assert cache.path_for(digest).read_bytes() == data and cache.direct_io.writes is False
     monkeypatch.setattr(directio.os, "preadv", refusing_preadv)
     assert cache.get_disk(digest, size=len(data)) == data and cache.direct_io.reads is False
+
+
+def test_discard_removes_an_entry_from_disk_memory_and_the_descriptor_table(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+    assert cache.read_range(digest, 0, 10) == data[:10]  # from memory: nothing held open yet
+    cache.memory.discard(digest)
+    assert cache.read_range(digest, 0, 10) == data[:10]  # from disk: now held open
+    cache.put(digest, data)  # and in memory again
+    before = open_fds()
+    assert str(cache.path_for(digest)) in before
+    assert cache.discard(digest) is True
+    assert not cache.contains(digest) and cache.get_disk(digest) is None
+    assert (
+        str(cache.path_for(digest)) not in open_fds() and str(cache.path_for(digest)) + " (deleted)" not in open_fds()
+    )
+    assert cache.discard(digest) is False
+
+
+def test_discard_in_a_cache_that_cannot_be_modified_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+
+    def read_only(path: str | Path) -> bool:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(disk_store, "unlink_quietly", read_only)
+    with pytest.raises(CacheError, match=r"cannot remove cache entry .*Read-only"):
+        cache.discard(digest)
+
+
+def test_counters_count_one_miss_per_chunk_lookup_and_need_no_scan(tmp_path: Path) -> None:
+    """A range probe that misses is followed by a whole-chunk lookup: one miss, not two."""
+    cache = ChunkCache(tmp_path, memory_bytes=0)
+    digest, data = chunk(1)
+    assert cache.read_range(digest, 0, 10) is None
+    assert cache.get_disk(digest) is None
+    cache.put(digest, data)
+    assert cache.read_range(digest, 0, 10) == data[:10]
+    counters = cache.counters()
+    assert (counters.misses, counters.disk_hits, counters.puts, counters.memory_hits) == (1, 1, 1, 0)
+    stats = cache.stats()
+    assert (stats.misses, stats.disk_hits, stats.puts) == (1, 1, 1)
+    shutil.rmtree(tmp_path / "v1")  # counters do not read the disk
+    assert cache.counters() == counters
