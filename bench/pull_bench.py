@@ -447,7 +447,7 @@ def _check_ocifs_pull(result: ProcResult, art: Artifact, warm: bool) -> dict[str
 #: they skip caching or verification. Names combine with " + ".
 VARIANT_PATCHES: dict[str, str] = {
     "as is": "",
-    "no cache write": "import ocifs.cache.store as m\nm.ChunkCache._write_entry = lambda self, digest, data: True\n",
+    "no cache write": "import ocifs.cache.disk as m\nm.DiskStore.write = lambda self, digest, data: True\n",
     "no chunk sha256": "import ocifs.digest as m\nm.Digest.matches = lambda self, data: True\n",
     "no whole-file sha256": (
         "import ocifs.commands.pull as m\nm._FileJob.hashes_whole_file = property(lambda self: False)\n"

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from ocifs.cache import store as chunk_cache
+from ocifs.cache import directio
+from ocifs.cache import disk as disk_store
+from ocifs.cache.descriptors import OPEN_ENTRIES
 from ocifs.cache.store import STALE_TEMP_AGE, ChunkCache, default_cache_dir
 from ocifs.digest import Digest
 from ocifs.errors import CacheError, IntegrityError
@@ -44,7 +46,7 @@ def test_put_then_get_round_trips_through_memory_and_disk(tmp_path: Path) -> Non
     cache = ChunkCache(tmp_path)
     digest, data = chunk(1)
     assert cache.put(digest, data)
-    assert cache.get(digest) == data  # memory tier
+    assert cache.get_memory(digest) == data  # memory tier
 
     path = tmp_path / "v1" / "sha256" / digest.hex[:2] / digest.hex
     assert cache.path_for(digest) == path
@@ -54,13 +56,14 @@ def test_put_then_get_round_trips_through_memory_and_disk(tmp_path: Path) -> Non
     assert fresh.contains(digest)
     assert fresh.read_range(digest, 10, 20) == data[10:20]
     assert fresh.read_range(digest, 990, 5000) == data[990:]  # cut short at the end, like slicing
-    assert fresh.get(digest, size=len(data)) == data
-    assert fresh.get(chunk(2)[0]) is None
+    assert fresh.get_disk(digest, size=len(data)) == data
+    assert fresh.get_disk(chunk(2)[0]) is None
     stats = fresh.stats()
     assert (stats.entries, stats.bytes, stats.disk_hits, stats.misses, stats.memory_hits) == (1, 1000, 3, 1, 0)
 
     warm = ChunkCache(tmp_path)
-    assert warm.get(digest) == data and warm.get(digest) == data
+    assert warm.get_memory(digest) is None  # memory starts empty; a miss there is not counted
+    assert warm.get_disk(digest) == data and warm.get_memory(digest) == data
     assert (warm.stats().disk_hits, warm.stats().memory_hits) == (1, 1)  # the disk hit filled memory
 
 
@@ -81,7 +84,7 @@ def test_wrong_digest_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match=str(digest)):
         cache.put(digest, b"not the bytes that digest names")
     assert not cache.contains(digest)
-    assert cache.get(digest) is None
+    assert cache.get_memory(digest) is None and cache.get_disk(digest) is None
     assert not cache.path_for(digest).exists()
     assert cache.stats().rejected == 1
 
@@ -97,7 +100,7 @@ def test_leftover_temp_file_is_invisible_and_pruned_once_stale(tmp_path: Path) -
     live = directory / ".tmp-4243-0123456789abcdef"  # a live writer in another process
     live.write_bytes(data[:100])
 
-    assert cache.get(digest) is None
+    assert cache.get_disk(digest) is None
     assert not cache.contains(digest)
     assert cache.stats().entries == 0 and cache.stats().temp_files == 2
 
@@ -117,7 +120,7 @@ def test_eviction_keeps_size_under_bound_in_lru_order(tmp_path: Path) -> None:
     assert cache.stats().bytes == 10_000 and cache.stats().evictions == 0
 
     # Reading chunk 0 from disk makes it the most recently used.
-    assert cache.get(chunks[0][0]) == chunks[0][1]
+    assert cache.get_disk(chunks[0][0]) == chunks[0][1]
 
     extra = chunk(100)
     cache.put(*extra)
@@ -139,7 +142,7 @@ def test_puts_landing_during_an_eviction_pass_are_still_evicted(tmp_path: Path) 
         cache.put(digest, data)
     scanning = threading.Event()
     late_put_done = threading.Event()
-    real_scan = cache._scan
+    real_scan = cache.disk.scan
     calls = 0
 
     def scan_then_wait() -> Any:
@@ -151,7 +154,7 @@ def test_puts_landing_during_an_eviction_pass_are_still_evicted(tmp_path: Path) 
             assert late_put_done.wait(10)
         return result
 
-    cache._scan = scan_then_wait  # type: ignore[method-assign]
+    cache.disk.scan = scan_then_wait  # type: ignore[method-assign]
     first = chunk(100)
     evictor = threading.Thread(target=cache.put, args=first)
     evictor.start()
@@ -196,11 +199,11 @@ def test_memory_tier_respects_its_byte_budget(tmp_path: Path) -> None:
     stats = cache.stats()
     assert stats.memory_entries == 2 and stats.memory_used == 2000
     assert not cache.in_memory(chunks[0][0])  # least recently used left memory; still on disk
-    assert cache.get(chunks[0][0]) == chunks[0][1]
+    assert cache.get_disk(chunks[0][0]) == chunks[0][1]
 
     big_digest, big = chunk(9, size=4000)  # larger than the whole budget: disk only
     cache.put(big_digest, big)
-    assert not cache.in_memory(big_digest) and cache.get(big_digest) == big
+    assert not cache.in_memory(big_digest) and cache.get_disk(big_digest) == big
 
 
 def test_entry_evicted_between_lookup_and_open_is_a_plain_miss(tmp_path: Path) -> None:
@@ -208,7 +211,7 @@ def test_entry_evicted_between_lookup_and_open_is_a_plain_miss(tmp_path: Path) -
     digest, data = chunk(1)
     cache.put(digest, data)
     os.unlink(cache.path_for(digest))  # another process evicted it
-    assert cache.get(digest) is None
+    assert cache.get_disk(digest) is None
     assert cache.read_range(digest, 0, 10) is None
     assert cache.stats().read_errors == 0
 
@@ -252,23 +255,23 @@ def test_a_page_cached_range_of_an_entry_held_open_is_read_without_blocking(tmp_
 
 
 def test_descriptors_held_open_are_bounded_and_released(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path, max_size=10 * chunk_cache.OPEN_ENTRIES * 1000, memory_bytes=0)
-    chunks = [chunk(i) for i in range(chunk_cache.OPEN_ENTRIES + 8)]
+    cache = ChunkCache(tmp_path, max_size=10 * OPEN_ENTRIES * 1000, memory_bytes=0)
+    chunks = [chunk(i) for i in range(OPEN_ENTRIES + 8)]
     before = open_fds()
     for digest, data in chunks:
         cache.put(digest, data)
         assert cache.read_range(digest, 0, 10) == data[:10]  # a disk hit keeps the entry open
     held = open_fds() - before
-    assert len(held) == chunk_cache.OPEN_ENTRIES
-    assert held == {str(cache.path_for(d)) for d, _ in chunks[-chunk_cache.OPEN_ENTRIES :]}
+    assert len(held) == OPEN_ENTRIES
+    assert held == {str(cache.path_for(d)) for d, _ in chunks[-OPEN_ENTRIES:]}
 
     # An entry being read when it is retired is closed only after that read.
-    oldest_open = chunks[-chunk_cache.OPEN_ENTRIES][0]
-    borrowed = cache._borrow(oldest_open)
+    oldest_open = chunks[-OPEN_ENTRIES][0]
+    borrowed = cache.descriptors.borrow(oldest_open)
     assert borrowed is not None
     cache.close()
     assert open_fds() - before == {str(cache.path_for(oldest_open))}
-    cache._give_back(borrowed)
+    cache.descriptors.give_back(borrowed)
     assert open_fds() - before == set()
     for digest, data in chunks[:3]:
         assert cache.read_range(digest, 0, 10) == data[:10]
@@ -290,10 +293,10 @@ def test_torn_entry_is_not_served_and_is_rewritten_by_the_next_put(tmp_path: Pat
     path.parent.mkdir(parents=True)
     path.write_bytes(data[:300])  # what a power loss can leave after the rename
     with expect_log(r"is 300 bytes, expected 1000", count=2):
-        assert cache.get(digest, size=len(data)) is None
+        assert cache.get_disk(digest, size=len(data)) is None
         assert cache.read_range(digest, 0, 10, size=len(data)) is None
     assert cache.put(digest, data)
-    assert cache.get(digest, size=len(data)) == data
+    assert cache.get_disk(digest, size=len(data)) == data
 
 
 def test_verify_detects_and_removes_a_corrupted_entry(tmp_path: Path, expect_log: ExpectLog) -> None:
@@ -313,8 +316,9 @@ def test_verify_detects_and_removes_a_corrupted_entry(tmp_path: Path, expect_log
         report = cache.verify()
     assert (report.checked, report.bytes_checked, report.bad, report.removed) == (3, 3000, (bad_digest,), 1)
     assert not path.exists()
-    assert cache.get(bad_digest) is None  # dropped from memory too
-    assert cache.get(chunks[0][0]) == chunks[0][1]
+    assert cache.get_memory(bad_digest) is None  # dropped from memory too
+    assert cache.get_disk(bad_digest) is None
+    assert cache.get_memory(chunks[0][0]) == chunks[0][1]
     assert cache.verify().bad == ()
 
 
@@ -322,25 +326,25 @@ def test_disk_full_degrades_to_uncached_with_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: ExpectLog
 ) -> None:
     cache = ChunkCache(tmp_path)
-    real_write_all = chunk_cache._write_all
+    real_write_all = directio.write_all
 
     def disk_full(fd: int, data: bytes) -> None:
         os.write(fd, data[:10])  # a partial write, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+    monkeypatch.setattr(directio, "write_all", disk_full)
     chunks = [chunk(i) for i in range(5)]
     with expect_log(r"No space left on device.*until space is freed", count=1):
         for digest, data in chunks:
             assert cache.put(digest, data) is False
-            assert cache.get(digest) == data  # the reader is still served (from memory)
+            assert cache.get_memory(digest) == data  # the reader is still served (from memory)
     stats = cache.stats()
     assert (stats.entries, stats.temp_files, stats.put_failures, stats.degraded) == (0, 0, 5, ("ENOSPC",))
 
-    monkeypatch.setattr(chunk_cache, "_write_all", real_write_all)  # space was freed
+    monkeypatch.setattr(directio, "write_all", real_write_all)  # space was freed
     assert cache.put(*chunks[0]) is True
     assert cache.stats().degraded == ()
-    monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+    monkeypatch.setattr(directio, "write_all", disk_full)
     with expect_log(r"No space left on device", count=1):  # a new episode warns again
         assert cache.put(*chunks[1]) is False
 
@@ -351,7 +355,7 @@ def test_read_only_cache_directory_degrades_with_one_warning(
     def read_only(path: Path) -> int:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
-    monkeypatch.setattr(chunk_cache, "_create_exclusive", read_only)
+    monkeypatch.setattr(disk_store, "create_exclusive", read_only)
     cache = ChunkCache(tmp_path)
     with expect_log(r"Read-only file system", count=1):
         for i in range(3):
@@ -367,7 +371,7 @@ def test_unusable_cache_root_degrades_with_one_warning(tmp_path: Path, expect_lo
         cache = ChunkCache(tmp_path / "file" / "cache", max_size=10_000)
         digest, data = chunk(1)
         assert cache.put(digest, data) is False
-        assert cache.get(digest) == data
+        assert cache.get_memory(digest) == data
         assert cache.stats().entries == 0
     with pytest.raises(CacheError, match="cannot prune"):
         cache.prune()
@@ -405,7 +409,7 @@ for _ in range(rounds):
         data = random.Random(seed).randbytes(1024 * (1 + seed % 48))
         digest = Digest.of_bytes(data)
         assert cache.put(digest, data), seed
-        got = cache.get(digest)
+        got = cache.get_disk(digest)
         assert got is None or got == data, seed  # None: evicted by another process meanwhile
 """
 
@@ -497,14 +501,14 @@ def test_a_small_entry_fitting_on_a_full_disk_does_not_count_as_recovery(
     """Nearly full: small entries fit, chunks do not. That is one episode, one warning (not a
     "writable again" and a new warning each time a small write slips in)."""
     cache = ChunkCache(tmp_path)
-    real_write_all = chunk_cache._write_all
+    real_write_all = directio.write_all
 
     def full_for_large(fd: int, data: bytes) -> None:
         if len(data) > 1000:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write_all(fd, data)
 
-    monkeypatch.setattr(chunk_cache, "_write_all", full_for_large)
+    monkeypatch.setattr(directio, "write_all", full_for_large)
     large = [(Digest.of_bytes(d), d) for d in (random.Random(i).randbytes(5000) for i in range(3))]
     small = [(Digest.of_bytes(d), d) for d in (random.Random(10 + i).randbytes(100) for i in range(3))]
     with expect_log(r"No space left on device", count=1):
@@ -512,7 +516,7 @@ def test_a_small_entry_fitting_on_a_full_disk_does_not_count_as_recovery(
             assert cache.put(big_digest, big) is False
             assert cache.put(little_digest, little) is True
     assert cache.stats().degraded == ("ENOSPC",)
-    monkeypatch.setattr(chunk_cache, "_write_all", real_write_all)  # space freed: a chunk fits
+    monkeypatch.setattr(directio, "write_all", real_write_all)  # space freed: a chunk fits
     assert cache.put(*large[0]) is True
     assert cache.stats().degraded == ()
 
@@ -524,19 +528,19 @@ def test_a_write_that_began_before_a_failure_does_not_end_the_episode(
     A then completes. That proves nothing about free space: no "writable again", and the next
     failure is the same episode (one warning), as seen with write-behind on a 2 MiB tmpfs."""
     cache = ChunkCache(tmp_path)
-    real_write_all = chunk_cache._write_all
+    real_write_all = directio.write_all
     a, b, c = (chunk(i) for i in range(3))
 
     def b_fails_while_a_writes(fd: int, data: bytes) -> None:
         if data == a[1]:
-            monkeypatch.setattr(chunk_cache, "_write_all", disk_full)
+            monkeypatch.setattr(directio, "write_all", disk_full)
             assert cache.put(*b) is False  # B, meanwhile, finds the disk full
         real_write_all(fd, data)
 
     def disk_full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(chunk_cache, "_write_all", b_fails_while_a_writes)
+    monkeypatch.setattr(directio, "write_all", b_fails_while_a_writes)
     with expect_log(r"No space left on device", count=1):
         assert cache.put(*a) is True  # A completes after B's failure
         assert cache.put(*c) is False  # still full: the same episode, no second warning
@@ -565,21 +569,21 @@ def test_a_filesystem_refusing_direct_io_falls_back_to_normal_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = ChunkCache(tmp_path / "cache", memory_bytes=0)
-    real_fcntl = chunk_cache.fcntl.fcntl
+    real_fcntl = directio.fcntl.fcntl
 
     def refuse_direct(fd: int, cmd: int, arg: int = 0) -> int:
-        if cmd == chunk_cache.fcntl.F_SETFL and arg & os.O_DIRECT:
+        if cmd == directio.fcntl.F_SETFL and arg & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_fcntl(fd, cmd, arg)
 
-    monkeypatch.setattr(chunk_cache.fcntl, "fcntl", refuse_direct)
+    monkeypatch.setattr(directio.fcntl, "fcntl", refuse_direct)
     blobs = [random.Random(i).randbytes(2 * 1024 * 1024 + i) for i in range(2)]
     for data in blobs:
         assert cache.put(Digest.of_bytes(data), data)
         assert cache.path_for(Digest.of_bytes(data)).read_bytes() == data
         assert cache.get_disk(Digest.of_bytes(data), size=len(data)) == data
-    assert cache._direct is False  # tried once, then not again
-    assert cache._direct_reads is False
+    assert cache.direct_io.writes is False  # tried once, then not again
+    assert cache.direct_io.reads is False
 
 
 def test_a_filesystem_accepting_the_flag_but_refusing_direct_io_falls_back(
@@ -591,7 +595,7 @@ def test_a_filesystem_accepting_the_flag_but_refusing_direct_io_falls_back(
     real_write, real_preadv = os.write, os.preadv
 
     def direct(fd: int) -> bool:
-        return bool(chunk_cache.fcntl.fcntl(fd, chunk_cache.fcntl.F_GETFL) & os.O_DIRECT)
+        return bool(directio.fcntl.fcntl(fd, directio.fcntl.F_GETFL) & os.O_DIRECT)
 
     def refusing_write(fd: int, data: Any) -> int:
         if direct(fd):
@@ -605,8 +609,55 @@ def test_a_filesystem_accepting_the_flag_but_refusing_direct_io_falls_back(
 
     data = random.Random(5).randbytes(3 * 1024 * 1024 + 7)
     digest = Digest.of_bytes(data)
-    monkeypatch.setattr(chunk_cache.os, "write", refusing_write)
+    monkeypatch.setattr(directio.os, "write", refusing_write)
     assert cache.put(digest, data)
-    assert cache.path_for(digest).read_bytes() == data and cache._direct is False
-    monkeypatch.setattr(chunk_cache.os, "preadv", refusing_preadv)
-    assert cache.get_disk(digest, size=len(data)) == data and cache._direct_reads is False
+    assert cache.path_for(digest).read_bytes() == data and cache.direct_io.writes is False
+    monkeypatch.setattr(directio.os, "preadv", refusing_preadv)
+    assert cache.get_disk(digest, size=len(data)) == data and cache.direct_io.reads is False
+
+
+def test_discard_removes_an_entry_from_disk_memory_and_the_descriptor_table(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+    assert cache.read_range(digest, 0, 10) == data[:10]  # from memory: nothing held open yet
+    cache.memory.discard(digest)
+    assert cache.read_range(digest, 0, 10) == data[:10]  # from disk: now held open
+    cache.put(digest, data)  # and in memory again
+    before = open_fds()
+    assert str(cache.path_for(digest)) in before
+    assert cache.discard(digest) is True
+    assert not cache.contains(digest) and cache.get_disk(digest) is None
+    assert (
+        str(cache.path_for(digest)) not in open_fds() and str(cache.path_for(digest)) + " (deleted)" not in open_fds()
+    )
+    assert cache.discard(digest) is False
+
+
+def test_discard_in_a_cache_that_cannot_be_modified_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ChunkCache(tmp_path)
+    digest, data = chunk(1)
+    cache.put(digest, data)
+
+    def read_only(path: str | Path) -> bool:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(disk_store, "unlink_quietly", read_only)
+    with pytest.raises(CacheError, match=r"cannot remove cache entry .*Read-only"):
+        cache.discard(digest)
+
+
+def test_counters_count_one_miss_per_chunk_lookup_and_need_no_scan(tmp_path: Path) -> None:
+    """A range probe that misses is followed by a whole-chunk lookup: one miss, not two."""
+    cache = ChunkCache(tmp_path, memory_bytes=0)
+    digest, data = chunk(1)
+    assert cache.read_range(digest, 0, 10) is None
+    assert cache.get_disk(digest) is None
+    cache.put(digest, data)
+    assert cache.read_range(digest, 0, 10) == data[:10]
+    counters = cache.counters()
+    assert (counters.misses, counters.disk_hits, counters.puts, counters.memory_hits) == (1, 1, 1, 0)
+    stats = cache.stats()
+    assert (stats.misses, stats.disk_hits, stats.puts) == (1, 1, 1)
+    shutil.rmtree(tmp_path / "v1")  # counters do not read the disk
+    assert cache.counters() == counters

@@ -314,7 +314,7 @@ async def test_prefetch_fills_the_cache_once(tmp_path: Path, autojump_clock: tri
     await fetcher.prefetch(REPO, digest, len(data))  # on disk: not even read
     assert source.calls[digest] == 1
     assert fetcher.stats().disk_hits == 0
-    assert ChunkCache(tmp_path).get(digest) == data
+    assert ChunkCache(tmp_path).get_disk(digest) == data
 
 
 async def test_prefetch_of_a_chunk_on_disk_loads_it_into_memory(

@@ -18,9 +18,9 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from ocifs import procfs
 from ocifs.cache.prefetch import PrefetchMode
 from ocifs.commands.arguments import parse_size, positive_float, positive_int
 from ocifs.errors import OcifsError, UsageError
@@ -144,11 +144,7 @@ def run_umount(args: argparse.Namespace) -> int:
 def _wait_for_exit(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return  # gone
-        if state in ("Z", "X"):
-            return  # exited; its parent has yet to reap it
+        if not procfs.is_running(pid):
+            return  # gone, or exited and yet to be reaped by its parent
         time.sleep(0.02)
     log.info("the daemon (pid %d) is still finishing after %.0f s; not waiting longer", pid, timeout)

@@ -57,11 +57,12 @@ from typing import Any
 
 import trio
 
+from ocifs import procfs
 from ocifs.cache.fetcher import RETRY_BASE_DELAY, Fetcher
 from ocifs.cache.store import ChunkCache, default_cache_dir
 from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
-from ocifs.errors import FormatError, IntegrityError, OcifsError, UsageError
+from ocifs.errors import CacheError, FormatError, IntegrityError, OcifsError, UsageError
 from ocifs.format.build import fixed_layout
 from ocifs.format.media import DEFAULT_CHUNK_SIZE
 from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, File
@@ -233,13 +234,8 @@ def _real_path(fd: int) -> str | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+    """Whether the pull that named a temp file after ``pid`` may still be writing it."""
+    return procfs.is_running(pid)
 
 
 def _refusal(where: Path, wanted: str, exc: OSError, dir_fd: int, name: str) -> OcifsError:
@@ -677,15 +673,15 @@ def _discard_unfinished(jobs: list[_FileJob]) -> None:
 
 
 def _drop_cache_entry(cache: ChunkCache, digest: Digest) -> None:
-    """Remove a corrupt entry so the fetcher downloads the chunk again instead of reading it."""
+    """Remove a corrupt entry (from disk and memory) so the fetcher downloads the chunk again
+    instead of reading it."""
     try:
-        os.unlink(cache.path_for(digest))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
+        cache.discard(digest)
+    except CacheError as exc:
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause or exc)
         raise IntegrityError(
-            f"cache entry {digest} is corrupt and cannot be removed: {exc.strerror or exc}",
-            hint="run `ocifs cache verify` with write access to the cache",
+            f"cache entry {digest} is corrupt and cannot be removed: {reason}", hint=exc.hint
         ) from None
 
 

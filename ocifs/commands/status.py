@@ -163,6 +163,14 @@ def _counters(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], di
     return stats.get("fs", {}), stats.get("fetch", {}), stats.get("prefetch")
 
 
+def _cache_misses(stats: dict[str, Any]) -> str:
+    """The mount's cache misses as its cache counted them (``stats["cache"]``); a daemon of an
+    older version does not publish them, and any estimate from download counts would be wrong
+    (range reads of plain layers are downloads without a chunk lookup)."""
+    cache = stats.get("cache")
+    return f"{cache.get('misses', 0):,}" if isinstance(cache, dict) else "unknown"
+
+
 def summary_line(status: MountStatus) -> str:
     """One line: mount point, reference (digest shortened), and the state or headline counters."""
     reference, digest = split_source(status.entry.source)
@@ -199,8 +207,7 @@ def detail_text(status: MountStatus) -> str:
         f"reads          {fs.get('reads', 0):,} requests, {format_size(fs.get('bytes_read', 0))} served",
         f"fetched        {format_size(fetch.get('bytes_downloaded', 0))} in {downloads:,} downloads",
         f"cache hits     {fetch.get('memory_hits', 0):,} memory, {fetch.get('disk_hits', 0):,} disk",
-        # Every download of a first attempt is a miss of both cache tiers; retries are not.
-        f"cache misses   {max(0, downloads - retries):,}",
+        f"cache misses   {_cache_misses(status.stats)}",
         f"in flight      {fetch.get('in_flight', 0)} fetches (peak {fetch.get('peak_in_flight', 0)})",
         f"errors         {fetch.get('errors', 0)} failed fetches, {fs.get('read_errors', 0)} failed reads,"
         f" {fetch.get('integrity_failures', 0)} integrity failures, {retries} retries",

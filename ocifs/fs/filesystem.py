@@ -612,7 +612,8 @@ class FileSystem:
 
     def stats(self) -> dict[str, Any]:
         """Every counter of the mount as one JSON-ready dict: ``fs`` (:class:`FsStats`),
-        ``fetch`` (:class:`~ocifs.cache.fetcher.FetchStats`), ``prefetch``
+        ``fetch`` (:class:`~ocifs.cache.fetcher.FetchStats`), ``cache``
+        (:class:`~ocifs.cache.store.CacheCounters`: this process's hits and misses), ``prefetch``
         (:class:`~ocifs.cache.prefetch.PrefetchStats`, absent without a prefetcher), plus the
         reference, the number of files, the uptime and the serving process's pid (``ocifs
         umount`` waits for it to exit). Cheap: no I/O."""
@@ -623,6 +624,7 @@ class FileSystem:
             "uptime_seconds": round(time.time() - self.started, 3),
             "fs": dataclasses.asdict(self._stats),
             "fetch": dataclasses.asdict(self.fetcher.stats()),
+            "cache": dataclasses.asdict(self.fetcher.cache.counters()),
         }
         if self.prefetcher is not None:
             result["prefetch"] = dataclasses.asdict(self.prefetcher.stats())
