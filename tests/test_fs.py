@@ -34,12 +34,12 @@ from ocifs.cache.fetcher import Fetcher
 from ocifs.cache.prefetch import Prefetcher, PrefetchMode
 from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
-from ocifs.errors import FormatError, IntegrityError, NotFound, PermissionDenied, RegistryUnavailable
+from ocifs.errors import FormatError, IntegrityError, IsADirectory, NotFound, PermissionDenied, RegistryUnavailable
 from ocifs.format.build import build_chunk_index, build_manifest, fixed_layout
 from ocifs.format.model import Artifact, ChunkedEntry, ChunkedFile, ChunkRef, PlainFile
 from ocifs.format.parse import parse_manifest
-from ocifs.fs import filesystem as fs_module
-from ocifs.fs.filesystem import ROOT_INODE, FileSystem, IsADirectory
+from ocifs.fs import plain as plain_module
+from ocifs.fs.filesystem import ROOT_INODE, FileSystem
 from ocifs.fs.fuse_ops import TIMEOUT, Operations
 
 REPO = "models/test"
@@ -183,10 +183,9 @@ async def test_lookup_answers_dot_dotdot_and_missing_names(registry: FakeRegistr
         filesystem.lookup(inodes["one"], "x")  # a file is not a directory
     with pytest.raises(NotFound):
         filesystem.getattr(9999)
-    assert filesystem.lookup_count(models) == 2
-    filesystem.forget(models, 2)
-    assert filesystem.lookup_count(models) == 0
+    await Operations(filesystem).forget([(models, 2), (inodes["models/llama"], 1)])
     assert filesystem.getattr(models).is_dir  # the tree is immutable: forgetting removes nothing
+    assert filesystem.lookup(models, "llama").inode == inodes["models/llama"]
 
 
 async def test_readdir_resumes_from_a_position(registry: FakeRegistry, cache: ChunkCache) -> None:
@@ -229,7 +228,7 @@ async def test_read_across_a_chunk_boundary_fetches_index_and_two_chunks(
     data = FILES["models/llama/weights.bin"]
     assert await filesystem.read(inodes["models/llama/weights.bin"], CHUNK - 5, 10) == data[CHUNK - 5 : CHUNK + 5]
     assert registry.downloads == 3  # the chunk index and chunks 0 and 1
-    assert filesystem.fs_stats().index_loads == 1
+    assert filesystem.stats()["fs"]["index_loads"] == 1
     # A read spanning three chunks (the last partial).
     assert await filesystem.read(inodes["models/llama/weights.bin"], 500, 3 * CHUNK) == data[500 : 3 * CHUNK + 500]
 
@@ -259,7 +258,7 @@ async def test_concurrent_first_reads_load_the_index_once(registry: FakeRegistry
         for offset in range(0, len(data), 300):
             nursery.start_soon(read, offset)
     assert b"".join(results[o] for o in sorted(results)) == data
-    assert filesystem.fs_stats().index_loads == 1
+    assert filesystem.stats()["fs"]["index_loads"] == 1
     assert max(registry.gets.values()) == 1  # every blob (index and chunks) fetched once
 
 
@@ -338,9 +337,9 @@ async def test_an_index_that_contradicts_the_manifest_is_refused(
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> int:
     """Treat plain layers above 1000 bytes as large, read in 256-byte Range pieces."""
-    monkeypatch.setattr(fs_module, "PLAIN_WHOLE_MAX", 1000)
-    monkeypatch.setattr(fs_module, "PIECE_SIZE", 256)
-    monkeypatch.setattr(fs_module, "PIECE_CACHE_BYTES", 8 * 256)
+    monkeypatch.setattr(plain_module, "PLAIN_WHOLE_MAX", 1000)
+    monkeypatch.setattr(plain_module, "PIECE_SIZE", 256)
+    monkeypatch.setattr(plain_module, "PIECE_CACHE_BYTES", 8 * 256)
     return 256
 
 
@@ -361,9 +360,9 @@ async def test_large_plain_layer_is_read_by_ranges_and_verified_after_a_full_rea
     for offset in range(0, len(data), 300):
         out += await filesystem.read(inode, offset, 300)
     assert out == data
-    stats = filesystem.fs_stats()
-    assert stats.plain_verified == 1 and stats.plain_verify_failures == 0
-    assert stats.piece_fetches == len(registry.ranges) == 20  # each piece fetched once
+    stats = filesystem.stats()["fs"]
+    assert stats["plain_verified"] == 1 and stats["plain_verify_failures"] == 0
+    assert stats["piece_fetches"] == len(registry.ranges) == 20  # each piece fetched once
 
 
 async def test_large_plain_layer_that_does_not_match_its_digest_fails_after_the_full_read(
@@ -378,7 +377,7 @@ async def test_large_plain_layer_that_does_not_match_its_digest_fails_after_the_
     with expect_log("does not match its digest", level=logging.ERROR, count=1):
         for offset in range(0, len(data), 512):
             await filesystem.read(inode, offset, 512)
-    assert filesystem.fs_stats().plain_verify_failures == 1
+    assert filesystem.stats()["fs"]["plain_verify_failures"] == 1
     with pytest.raises(IntegrityError):
         await filesystem.read(inode, 0, 10)
 
