@@ -9,6 +9,7 @@ meets them and never escape as themselves.
 
 from __future__ import annotations
 
+import copy
 import errno
 import resource
 from collections.abc import Callable, Iterator
@@ -114,8 +115,24 @@ class RegistryUnavailable(RegistryError):
     """The registry could not be reached or kept failing after every retry."""
 
 
+class IsADirectory(OcifsError):
+    """A file operation (open, read) named a directory (the FUSE adapter answers ``EISDIR``)."""
+
+
 class CacheError(OcifsError):
     """The local chunk cache cannot be used (unwritable, full, corrupt beyond repair)."""
+
+
+def in_context(exc: E, what: str) -> E:
+    """A copy of ``exc`` (same type, status, hint) with ``what`` in front of its message, so a
+    caller can say which file or part failed without hiding the kind of failure."""
+    wrapped = copy.copy(exc)
+    if isinstance(wrapped, OcifsError):
+        wrapped.message = f"{what}: {wrapped.message}"
+        wrapped.args = (wrapped.message,)
+    else:
+        wrapped.args = (f"{what}: {exc}",)
+    return wrapped
 
 
 #: errno values that mean "out of file descriptors": this process's limit, or the host's.

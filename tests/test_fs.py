@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import struct
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -30,16 +31,18 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ocifs.cache import chunk_index as chunk_index_module
+from ocifs.cache.chunk_index import load_chunk_index
 from ocifs.cache.fetcher import Fetcher
 from ocifs.cache.prefetch import Prefetcher, PrefetchMode
 from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
-from ocifs.errors import FormatError, IntegrityError, NotFound, PermissionDenied, RegistryUnavailable
+from ocifs.errors import FormatError, IntegrityError, IsADirectory, NotFound, PermissionDenied, RegistryUnavailable
 from ocifs.format.build import build_chunk_index, build_manifest, fixed_layout
-from ocifs.format.model import Artifact, ChunkedEntry, ChunkedFile, ChunkRef, PlainFile
+from ocifs.format.model import Artifact, ChunkedEntry, ChunkedFile, ChunkIndex, ChunkRef, PlainFile
 from ocifs.format.parse import parse_manifest
-from ocifs.fs import filesystem as fs_module
-from ocifs.fs.filesystem import ROOT_INODE, FileSystem, IsADirectory
+from ocifs.fs import plain as plain_module
+from ocifs.fs.filesystem import ROOT_INODE, FileSystem
 from ocifs.fs.fuse_ops import TIMEOUT, Operations
 
 REPO = "models/test"
@@ -183,10 +186,9 @@ async def test_lookup_answers_dot_dotdot_and_missing_names(registry: FakeRegistr
         filesystem.lookup(inodes["one"], "x")  # a file is not a directory
     with pytest.raises(NotFound):
         filesystem.getattr(9999)
-    assert filesystem.lookup_count(models) == 2
-    filesystem.forget(models, 2)
-    assert filesystem.lookup_count(models) == 0
+    await Operations(filesystem).forget([(models, 2), (inodes["models/llama"], 1)])
     assert filesystem.getattr(models).is_dir  # the tree is immutable: forgetting removes nothing
+    assert filesystem.lookup(models, "llama").inode == inodes["models/llama"]
 
 
 async def test_readdir_resumes_from_a_position(registry: FakeRegistry, cache: ChunkCache) -> None:
@@ -229,7 +231,7 @@ async def test_read_across_a_chunk_boundary_fetches_index_and_two_chunks(
     data = FILES["models/llama/weights.bin"]
     assert await filesystem.read(inodes["models/llama/weights.bin"], CHUNK - 5, 10) == data[CHUNK - 5 : CHUNK + 5]
     assert registry.downloads == 3  # the chunk index and chunks 0 and 1
-    assert filesystem.fs_stats().index_loads == 1
+    assert filesystem.stats()["fs"]["index_loads"] == 1
     # A read spanning three chunks (the last partial).
     assert await filesystem.read(inodes["models/llama/weights.bin"], 500, 3 * CHUNK) == data[500 : 3 * CHUNK + 500]
 
@@ -259,7 +261,7 @@ async def test_concurrent_first_reads_load_the_index_once(registry: FakeRegistry
         for offset in range(0, len(data), 300):
             nursery.start_soon(read, offset)
     assert b"".join(results[o] for o in sorted(results)) == data
-    assert filesystem.fs_stats().index_loads == 1
+    assert filesystem.stats()["fs"]["index_loads"] == 1
     assert max(registry.gets.values()) == 1  # every blob (index and chunks) fetched once
 
 
@@ -332,15 +334,41 @@ async def test_an_index_that_contradicts_the_manifest_is_refused(
     assert registry.downloads == gets
 
 
+def same_chunks(loaded: ChunkIndex, file: ChunkedFile) -> bool:
+    """The loaded index lists the manifest's chunk layers, in order, at running-sum offsets."""
+    offsets = [sum(d.size for d in file.chunks[:n]) for n in range(len(file.chunks))]
+    return [(c.digest, c.size, c.offset) for c in loaded.chunks] == [
+        (d.digest, d.size, offset) for d, offset in zip(file.chunks, offsets, strict=True)
+    ]
+
+
+async def test_chunk_index_loader_names_the_file_when_the_fetch_fails_and_parses_large_ones(
+    registry: FakeRegistry, cache: ChunkCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunk_index_module, "PARSE_IN_THREAD_ABOVE", 10_000)  # 256 KiB is 25,000 chunks
+    artifact = build(registry, {"big.bin": payload(3 * CHUNK, 40), "many.bin": payload(3000 * 100, 41)})
+    big, many = artifact.files
+    assert isinstance(big, ChunkedFile) and isinstance(many, ChunkedFile)
+    fetcher = Fetcher(registry, cache, retries=0)
+    stored = registry.blobs.pop(big.index.digest)
+    with pytest.raises(NotFound, match=r"chunk index of 'big.bin': .*not found"):
+        await load_chunk_index(fetcher, REPO, big)
+    registry.blobs[big.index.digest] = stored
+    assert same_chunks(await load_chunk_index(fetcher, REPO, big), big)
+    # Above the threshold (many.bin's 3000 chunks of 100 bytes): parsed in a worker thread.
+    assert many.index.size > chunk_index_module.PARSE_IN_THREAD_ABOVE > big.index.size
+    assert same_chunks(await load_chunk_index(fetcher, REPO, many), many)
+
+
 # -------------------------------------------------------------------------------------- large plain
 
 
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> int:
     """Treat plain layers above 1000 bytes as large, read in 256-byte Range pieces."""
-    monkeypatch.setattr(fs_module, "PLAIN_WHOLE_MAX", 1000)
-    monkeypatch.setattr(fs_module, "PIECE_SIZE", 256)
-    monkeypatch.setattr(fs_module, "PIECE_CACHE_BYTES", 8 * 256)
+    monkeypatch.setattr(plain_module, "PLAIN_WHOLE_MAX", 1000)
+    monkeypatch.setattr(plain_module, "PIECE_SIZE", 256)
+    monkeypatch.setattr(plain_module, "PIECE_CACHE_BYTES", 8 * 256)
     return 256
 
 
@@ -361,9 +389,9 @@ async def test_large_plain_layer_is_read_by_ranges_and_verified_after_a_full_rea
     for offset in range(0, len(data), 300):
         out += await filesystem.read(inode, offset, 300)
     assert out == data
-    stats = filesystem.fs_stats()
-    assert stats.plain_verified == 1 and stats.plain_verify_failures == 0
-    assert stats.piece_fetches == len(registry.ranges) == 20  # each piece fetched once
+    stats = filesystem.stats()["fs"]
+    assert stats["plain_verified"] == 1 and stats["plain_verify_failures"] == 0
+    assert stats["piece_fetches"] == len(registry.ranges) == 20  # each piece fetched once
 
 
 async def test_large_plain_layer_that_does_not_match_its_digest_fails_after_the_full_read(
@@ -378,7 +406,7 @@ async def test_large_plain_layer_that_does_not_match_its_digest_fails_after_the_
     with expect_log("does not match its digest", level=logging.ERROR, count=1):
         for offset in range(0, len(data), 512):
             await filesystem.read(inode, offset, 512)
-    assert filesystem.fs_stats().plain_verify_failures == 1
+    assert filesystem.stats()["fs"]["plain_verify_failures"] == 1
     with pytest.raises(IntegrityError):
         await filesystem.read(inode, 0, 10)
 
@@ -433,6 +461,68 @@ async def test_whole_mode_fetches_the_file_when_opened(registry: FakeRegistry, c
         nursery.cancel_scope.cancel()
     assert len(registry.gets) == 14  # the index and all 13 chunks, without a single read
     assert all(cache.contains(Digest.of_bytes(data[o : o + CHUNK])) for o in range(0, len(data), CHUNK))
+
+
+def safetensors_bytes(tensor_end: int, size: int, seed: int) -> bytes:
+    """A safetensors file of ``size`` bytes whose first tensor ends at file offset ``tensor_end``."""
+    start = 0
+    while True:  # the header's length depends on the offsets it holds: iterate to the fixpoint
+        entries = {
+            "a": {"dtype": "U8", "shape": [tensor_end - start], "data_offsets": [0, tensor_end - start]},
+            "b": {"dtype": "U8", "shape": [size - tensor_end], "data_offsets": [tensor_end - start, size - start]},
+        }
+        body = json.dumps(entries).encode()
+        head = struct.pack("<Q", len(body)) + body
+        if len(head) == start:
+            return head + payload(size - start, seed)
+        start = len(head)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.bin"])
+async def test_safetensors_read_ahead_stops_at_the_end_of_the_tensor_being_read(
+    registry: FakeRegistry, cache: ChunkCache, name: str
+) -> None:
+    """Loading one tensor reads ahead no further than its end; the same bytes under another
+    name (no hints) are read ahead past it. Real clock: the fetches hash in worker threads."""
+    tensor_end, size = 6 * CHUNK, 30 * CHUNK
+    data = safetensors_bytes(tensor_end, size, 32)
+    async with trio.open_nursery() as nursery:
+        # A tolerance of one chunk: the default 8 MiB would span this whole small file.
+        prefetcher = Prefetcher(
+            nursery, budget_bytes=8 * CHUNK, max_window=8 * CHUNK, initial_window=CHUNK, tolerance=CHUNK
+        )
+        filesystem, inodes = make_fs(registry, cache, {name: data}, prefetcher=prefetcher)
+        handle = filesystem.open(inodes[name])
+        out = b""
+        for offset in range(0, tensor_end, 250):
+            out += await filesystem.read_handle(handle, offset, 250)
+        with trio.fail_after(60):
+            while prefetcher.stats().queued:  # every read-ahead scheduled has ended
+                await trio.sleep(0.01)
+        filesystem.release(handle)
+        nursery.cancel_scope.cancel()
+    assert out == data[:tensor_end]
+    chunks_fetched = {
+        n for n in range(size // CHUNK) if Digest.of_bytes(data[n * CHUNK : (n + 1) * CHUNK]) in registry.gets
+    }
+    assert set(range(tensor_end // CHUNK)) <= chunks_fetched
+    if name.endswith(".safetensors"):
+        assert max(chunks_fetched) == tensor_end // CHUNK - 1  # nothing after the tensor
+    else:
+        assert max(chunks_fetched) > tensor_end // CHUNK  # without hints, read-ahead goes on
+
+
+async def test_reads_of_one_cached_chunk_are_memoryviews_of_it(registry: FakeRegistry, cache: ChunkCache) -> None:
+    """A FUSE reply inside one chunk held in memory is a view of it, not a copy; a read across
+    chunks is joined bytes."""
+    filesystem, inodes = make_fs(registry, cache)
+    inode = inodes["models/llama/weights.bin"]
+    data = FILES["models/llama/weights.bin"]
+    await filesystem.read(inode, 0, CHUNK)  # loads chunk 0 into memory
+    inside = await filesystem.read(inode, 10, 100)
+    assert isinstance(inside, memoryview) and inside == data[10:110]
+    across = await filesystem.read(inode, CHUNK - 10, 20)
+    assert bytes(across) == data[CHUNK - 10 : CHUNK + 10]
 
 
 # -------------------------------------------------------------------------------------- the adapter

@@ -23,10 +23,10 @@ from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, UsageError
 from ocifs.format.media import ANNOTATION_TITLE
 from ocifs.format.model import ChunkedFile
-from ocifs.format.parse import parse_manifest
+from ocifs.format.parse import parse_chunk_index, parse_manifest
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
-from ocifs.registry.resolve import load_chunk_index, resolve
+from ocifs.registry.resolve import resolve
 
 CHUNK = 64 * 1024
 SIZES = {
@@ -79,7 +79,7 @@ async def read_back(server: RegistryServer, ref_text: str) -> dict[str, bytes]:
         resolved = await resolve(client, ref)
         for f in resolved.artifact.files:
             if isinstance(f, ChunkedFile):
-                layout = await load_chunk_index(client, ref.repository, f)
+                layout = parse_chunk_index(await client.get_blob(ref.repository, f.index.digest, f.index.size), f)
                 parts = []
                 for chunk in layout.chunks:
                     data = await client.get_blob(ref.repository, chunk.digest, chunk.size)

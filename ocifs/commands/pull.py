@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import errno
 import fnmatch
 import functools
@@ -50,7 +49,6 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,15 +56,16 @@ from typing import Any
 import trio
 
 from ocifs import procfs
+from ocifs.cache.chunk_index import load_chunk_index
 from ocifs.cache.fetcher import RETRY_BASE_DELAY, Fetcher
 from ocifs.cache.store import ChunkCache, default_cache_dir
 from ocifs.commands.progress import Progress
+from ocifs.concurrency import gather
 from ocifs.digest import Digest
-from ocifs.errors import CacheError, FormatError, IntegrityError, OcifsError, UsageError
+from ocifs.errors import CacheError, FormatError, IntegrityError, OcifsError, UsageError, in_context
 from ocifs.format.build import fixed_layout
 from ocifs.format.media import DEFAULT_CHUNK_SIZE
 from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, File
-from ocifs.format.parse import parse_chunk_index
 from ocifs.format.paths import validate_path
 from ocifs.reference import Reference, parse_reference
 from ocifs.registry.client import ClientOptions, RegistryClient
@@ -391,18 +390,10 @@ async def pull(
 
     # Every chunk index first (small, cached like chunks): the whole artifact is validated
     # before a byte is written, and the whole-file digest may be recorded only in the index.
-    layouts: dict[str, ChunkIndex] = {}
-
-    async def load(file: ChunkedFile) -> None:
-        try:
-            data = await fetcher.get(repository, file.index.digest, file.index.size)
-        except OcifsError as exc:
-            raise _in_context(exc, f"chunk index of {file.path!r}") from None
-        layouts[file.path] = parse_chunk_index(data, file)
-
     chunked = [f for f in files if isinstance(f, ChunkedFile)]
-    if chunked:
-        await _gather(load, chunked)
+    # Concurrently (the fetcher bounds the requests); the first failure stops the others.
+    indexes = await gather([functools.partial(load_chunk_index, fetcher, repository, f) for f in chunked])
+    layouts: dict[str, ChunkIndex] = {f.path: index for f, index in zip(chunked, indexes, strict=True)}
     jobs = [_plan(f, layouts.get(f.path), options.plain_piece_size) for f in files]
 
     target = await trio.to_thread.run_sync(TargetDir, output)
@@ -432,24 +423,6 @@ async def pull(
         blob_requests=stats.downloads,
         seconds=trio.current_time() - started,
     )
-
-
-async def _gather(load: Callable[[ChunkedFile], Awaitable[None]], files: list[ChunkedFile]) -> None:
-    """Run ``load(file)`` for every file (the fetcher bounds the requests); first error wins."""
-    errors: list[OcifsError] = []
-    async with trio.open_nursery() as nursery:
-
-        async def one(file: ChunkedFile) -> None:
-            try:
-                await load(file)
-            except OcifsError as exc:
-                errors.append(exc)
-                nursery.cancel_scope.cancel()
-
-        for f in files:
-            nursery.start_soon(one, f)
-    if errors:
-        raise errors[0]
 
 
 async def _transfer(run: _Run, target: TargetDir, jobs: list[_FileJob], workers: int) -> None:
@@ -569,15 +542,7 @@ def _piece_error(run: _Run, piece: _Piece, exc: OcifsError) -> OcifsError:
             f"{what} is corrupt in the registry: {attempts} downloads did not match its digest",
             hint="nothing corrupt was cached or written; report it to the registry's operator",
         )
-    return _in_context(exc, what)
-
-
-def _in_context(exc: OcifsError, what: str) -> OcifsError:
-    """The same error (type, status, hint) with ``what`` in front of its message."""
-    wrapped = copy.copy(exc)
-    wrapped.message = f"{what}: {exc.message}"
-    wrapped.args = (wrapped.message,)
-    return wrapped
+    return in_context(exc, what)
 
 
 async def _finisher(run: _Run, target: TargetDir, job: _FileJob) -> None:

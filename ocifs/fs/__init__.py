@@ -1,4 +1,5 @@
-"""Layer 4 — the mount: the read-only filesystem without a kernel (``filesystem``), the thin
+"""Layer 4 — the mount: the read-only filesystem without a kernel (``filesystem``, a façade over
+``tree``, ``handles``, ``chunked``, ``plain``, ``hints`` and ``counters``), the thin
 pyfuse3 adapter (``fuse_ops``), the daemon's life from fork to unmount (``daemon``), the ``-o``
 vocabulary (``options``) and the host's mount table (``mounts``).
 

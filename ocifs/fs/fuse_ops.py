@@ -29,8 +29,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
-from ocifs.errors import AuthenticationError, NotFound, OcifsError, PermissionDenied
-from ocifs.fs.filesystem import BLOCK_SIZE, Attributes, FileSystem, IsADirectory
+from ocifs.errors import AuthenticationError, IsADirectory, NotFound, OcifsError, PermissionDenied
+from ocifs.fs.filesystem import BLOCK_SIZE, Attributes, FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,10 @@ class Operations(pyfuse3.Operations):
         return _entry(attrs)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        # Not a request with a reply: pyfuse3 says forget must not raise at all, not even
-        # FUSEError. Nothing in it can fail today; the guard keeps it that way.
-        try:
-            for inode, count in inode_list:
-                self.fs.forget(inode, count)
-        except Exception:
-            log.exception("forget failed")
+        # Nothing to do: the tree never changes for the life of the mount and its nodes are
+        # never freed, so the kernel's lookup counts would change nothing (counting them was
+        # dead code). pyfuse3 calls this and says it must not raise at all, not even FUSEError.
+        return None
 
     @_errno_edge("getattr")
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -175,10 +172,10 @@ class Operations(pyfuse3.Operations):
         if inode is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         for name, attrs, next_id in self.fs.readdir(inode, start_id):
+            # pyfuse3 replies with readdirplus: each entry counts as a lookup, which (see
+            # forget) nothing here needs to count.
             if not pyfuse3.readdir_reply(token, os.fsencode(name), _entry(attrs), next_id):
                 break  # the kernel's buffer is full; it asks again from next_id
-            # pyfuse3 replies with readdirplus: each entry returned counts as a lookup.
-            self.fs.remember(attrs.inode)
 
     @_errno_edge("releasedir")
     async def releasedir(self, fh: int) -> None:
@@ -211,7 +208,7 @@ class Operations(pyfuse3.Operations):
         handle = self.fs.open(inode)
         # keep_cache: contents are immutable, so pages read once stay valid across opens (a
         # re-read issues zero requests). Never direct_io: it breaks shared mmap, and
-        # numpy.memmap then fails with ENODEV (../shared/fuse.md).
+        # numpy.memmap then fails with ENODEV (docs/platform.md, "FUSE on Linux").
         return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=False)
 
     @_errno_edge("read")

@@ -1,8 +1,9 @@
-"""Resolve a reference to a validated :class:`~ocifs.index.Artifact` and load its chunk indexes.
+"""Resolve a reference to a validated :class:`~ocifs.format.model.Artifact`.
 
 Shared by ``inspect``, ``pull`` and the mount daemon: one place turns registry bytes into
 spec-checked values. A tag is resolved once to a digest; everything after uses the digest, so
-a tag moved meanwhile cannot mix two versions.
+a tag moved meanwhile cannot mix two versions. Chunk indexes are not loaded here but through
+the fetcher (:func:`ocifs.cache.chunk_index.load_chunk_index`): verified and cached like chunks.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from ocifs.errors import FormatError
-from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex
-from ocifs.format.parse import parse_chunk_index, parse_manifest
+from ocifs.format.model import Artifact
+from ocifs.format.parse import parse_manifest
 from ocifs.reference import Reference
 from ocifs.registry.client import DOCKER_MANIFEST_LIST, OCI_INDEX, RegistryClient
 
@@ -40,9 +41,3 @@ async def resolve(client: RegistryClient, ref: Reference) -> Resolved:
     if ref.digest is None:
         log.debug("%s resolved to %s", ref, manifest.digest)
     return Resolved(pinned, artifact)
-
-
-async def load_chunk_index(client: RegistryClient, repository: str, file: ChunkedFile) -> ChunkIndex:
-    """Download, verify and validate the chunk index of ``file`` against the manifest."""
-    data = await client.get_blob(repository, file.index.digest, file.index.size)
-    return parse_chunk_index(data, file)
