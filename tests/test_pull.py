@@ -21,7 +21,8 @@ from support.registry import RegistryServer
 
 from ocifs.cache.store import ChunkCache
 from ocifs.commands import push
-from ocifs.commands.pull import TEMP_PREFIX, PullOptions, PullResult, TargetDir, pull
+from ocifs.commands.pull import PullOptions, PullResult, pull
+from ocifs.commands.pull_target import TEMP_PREFIX, TargetDir
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, UsageError
 from ocifs.format.media import (

@@ -41,7 +41,7 @@ from support.mounts import Mounter, mounted, mounter
 from support.registry import RegistryServer
 
 from ocifs.commands import push
-from ocifs.commands.pull import TEMP_PREFIX as PULL_TEMP_PREFIX
+from ocifs.commands.pull_target import TEMP_PREFIX as PULL_TEMP_PREFIX
 from ocifs.reference import parse_reference
 from ocifs.registry.client import RegistryClient
 

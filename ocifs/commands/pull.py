@@ -27,7 +27,7 @@ Files are not fsynced before the rename (like ``cp``, ``curl -o`` and ``oras pul
 (``--json`` prints every digest) and to repeat (the chunks stay cached). A crash of the process
 never exposes a partial file; only a power loss before writeback can.
 
-Safety: paths were validated by :mod:`ocifs.index` (no ``..``, absolute paths, NUL...), and are
+Safety: paths were validated by :mod:`ocifs.format.parse` (no ``..``, absolute paths, NUL...), and are
 checked again here: every directory inside the target is opened relative to its parent with
 ``O_NOFOLLOW``, so a symlink planted in the target directory is refused rather than followed,
 and the resolved path must stay inside the target. Must not: know HTTP (the registry client and
@@ -41,10 +41,8 @@ import contextlib
 import errno
 import fnmatch
 import functools
-import hashlib
 import json
 import logging
-import mmap
 import os
 import secrets
 import stat
@@ -55,18 +53,25 @@ from typing import Any
 
 import trio
 
-from ocifs import procfs
 from ocifs.cache.chunk_index import load_chunk_index
 from ocifs.cache.fetcher import RETRY_BASE_DELAY, Fetcher
 from ocifs.cache.store import ChunkCache, default_cache_dir
 from ocifs.commands.progress import Progress
+from ocifs.commands.pull_target import (
+    NO_SPACE_HINT,
+    TEMP_PREFIX,
+    TargetDir,
+    hash_file,
+    hash_range,
+    pwrite_all,
+    range_matches,
+)
 from ocifs.concurrency import gather
 from ocifs.digest import Digest
 from ocifs.errors import CacheError, FormatError, IntegrityError, OcifsError, UsageError, in_context
 from ocifs.format.build import fixed_layout
 from ocifs.format.media import DEFAULT_CHUNK_SIZE
 from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, File
-from ocifs.format.paths import validate_path
 from ocifs.reference import Reference, parse_reference
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
@@ -75,19 +80,12 @@ from ocifs.units import format_size
 
 log = logging.getLogger(__name__)
 
+MIB = 1 << 20
+
 #: Plain layers up to this size are fetched whole (one verified, cached blob); larger ones in
 #: ranges of this size, so memory stays at about jobs x 16 MiB even for a multi-GiB plain layer
 #: pushed by another tool. 16 MiB is the default chunk size: the same memory per worker.
 PLAIN_PIECE_SIZE = DEFAULT_CHUNK_SIZE
-
-#: Temp files are ``.ocifs-pull-<pid>-<random>`` in the file's final directory (the rename must
-#: not cross filesystems). The pid lets a later pull remove those of a pull that was killed.
-TEMP_PREFIX = ".ocifs-pull-"
-#: What to do when the output's disk is full (pull reserves each file's blocks before fetching it).
-NO_SPACE_HINT = "free some space there or pull to another directory (-o); a re-run reuses what is cached"
-
-_MiB = 1 << 20
-_HASH_BLOCK = 64 * _MiB  # a re-hash maps this much of the file at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,107 +146,11 @@ class PullResult:
             "bytes_from_cache": self.bytes_from_cache,
             "blob_requests": self.blob_requests,
             "seconds": round(self.seconds, 3),
-            "mib_per_second": round(self.bytes / _MiB / self.seconds, 1) if self.seconds > 0 else None,
+            "mib_per_second": round(self.bytes / MIB / self.seconds, 1) if self.seconds > 0 else None,
         }
 
 
 # -- the target directory ---------------------------------------------------------------------
-
-
-class TargetDir:
-    """The output directory, written only through descriptors opened without following symlinks.
-
-    The directory itself may be a symlink (the user chose it); anything inside it that is a
-    symlink, where the artifact needs a directory or a file, is refused.
-    """
-
-    def __init__(self, root: Path) -> None:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            self.root = root.resolve(strict=True)
-            self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UsageError(f"cannot use output directory {root}: {exc.strerror or exc}") from None
-        self._cleaned: set[tuple[int, int]] = set()
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def show(self, path: str) -> str:
-        return str(self.root / path)
-
-    def open_parent(self, path: str) -> tuple[int, str]:
-        """A descriptor of the directory that will hold ``path`` (created as needed) and the
-        file's name in it. Refuses paths that would leave the target or cross a symlink."""
-        validate_path(path, "file")  # again: this is the last line of defence
-        lexical = os.path.normpath(os.path.join(self.root, path))
-        if os.path.commonpath([self.root, lexical]) != str(self.root):
-            raise FormatError(f"refusing to write {path!r}: it is outside {self.root}")
-        *parents, name = path.split("/")
-        fd = os.dup(self._fd)
-        try:
-            walked = self.root
-            for component in parents:
-                walked = walked / component
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(component, 0o777, dir_fd=fd)
-                try:
-                    child = os.open(component, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError as exc:
-                    raise _refusal(walked, "a directory", exc, fd, component) from None
-                os.close(fd)
-                fd = child
-            # Belt and braces: where the directory we hold really is, whatever happened meanwhile.
-            real = _real_path(fd)
-            if real is not None and os.path.commonpath([self.root, real]) != str(self.root):
-                raise FormatError(f"refusing to write {path!r}: its directory {real} is outside {self.root}")
-            self._remove_stale_temps(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, name
-
-    def _remove_stale_temps(self, dir_fd: int) -> None:
-        """Remove temp files of pulls that were killed (their pid is gone), once per directory."""
-        st = os.fstat(dir_fd)
-        if (st.st_dev, st.st_ino) in self._cleaned:
-            return
-        self._cleaned.add((st.st_dev, st.st_ino))
-        for name in os.listdir(dir_fd):
-            if not name.startswith(TEMP_PREFIX):
-                continue
-            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-            if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dir_fd)
-                    log.debug("removed %s left by an interrupted pull", name)
-
-
-def _real_path(fd: int) -> str | None:
-    """The path the kernel has for an open directory (Linux /proc), or None if unavailable."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether the pull that named a temp file after ``pid`` may still be writing it."""
-    return procfs.is_running(pid)
-
-
-def _refusal(where: Path, wanted: str, exc: OSError, dir_fd: int, name: str) -> OcifsError:
-    """The error for a path component that is not what the artifact needs there."""
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except OSError:
-        return OcifsError(f"cannot create {where}: {exc.strerror or exc}")
-    if stat.S_ISLNK(st.st_mode):
-        return OcifsError(
-            f"refusing to follow the symbolic link {where}: the artifact needs {wanted} there",
-            hint="remove the link or pull into another directory",
-        )
-    return OcifsError(f"cannot use {where}: it exists and is not {wanted}")
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -498,7 +400,7 @@ async def _worker(run: _Run, receive: trio.MemoryReceiveChannel[_Piece]) -> None
                 run.fail(_piece_error(run, piece, exc))
                 return
             try:
-                await trio.to_thread.run_sync(_pwrite_all, job.fd, data, piece.offset)
+                await trio.to_thread.run_sync(pwrite_all, job.fd, data, piece.offset)
             except OSError as exc:  # the blocks were reserved, unless the filesystem cannot
                 hint = NO_SPACE_HINT if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
                 run.fail(OcifsError(f"cannot write {job.path!r}: {exc.strerror or exc}", hint=hint))
@@ -555,7 +457,7 @@ async def _finisher(run: _Run, target: TargetDir, job: _FileJob) -> None:
                 job.wakeup = trio.Event()
             job.written.discard(piece.number)
             if job.hasher is not None:
-                await trio.to_thread.run_sync(_hash_range, job.hasher, job.fd, piece.offset, piece.size)
+                await trio.to_thread.run_sync(hash_range, job.hasher, job.fd, piece.offset, piece.size)
         if job.hasher is not None and job.expected is not None and job.hasher.hexdigest() != job.expected.hex:
             await _repair(run, job, job.hasher.hexdigest())
         await trio.to_thread.run_sync(_commit, target, job)
@@ -579,7 +481,7 @@ async def _repair(run: _Run, job: _FileJob, got: str) -> None:
     repaired = 0
     for piece in job.pieces:
         assert piece.digest is not None
-        if await trio.to_thread.run_sync(_range_matches, job.fd, piece.offset, piece.size, piece.digest):
+        if await trio.to_thread.run_sync(range_matches, job.fd, piece.offset, piece.size, piece.digest):
             continue
         log.warning("%s was corrupt in the local cache; fetching it again", job.describe(piece))
         await trio.to_thread.run_sync(_drop_cache_entry, run.cache, piece.digest)
@@ -587,10 +489,10 @@ async def _repair(run: _Run, job: _FileJob, got: str) -> None:
             fresh = await run.fetcher.get(run.repository, piece.digest, piece.size)
         except OcifsError as exc:
             raise _piece_error(run, piece, exc) from None
-        await trio.to_thread.run_sync(_pwrite_all, job.fd, fresh, piece.offset)
+        await trio.to_thread.run_sync(pwrite_all, job.fd, fresh, piece.offset)
         repaired += 1
     if repaired:
-        again = await trio.to_thread.run_sync(_hash_file, job.fd, job.size)
+        again = await trio.to_thread.run_sync(hash_file, job.fd, job.size)
         if again == expected.hex:
             return
         got = again
@@ -653,41 +555,6 @@ def _drop_cache_entry(cache: ChunkCache, digest: Digest) -> None:
 # -- file I/O helpers (blocking; run in worker threads) ---------------------------------------
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-def _hash_range(hasher: Any, fd: int, offset: int, size: int) -> None:
-    """Feed bytes ``[offset, offset + size)`` of the file to ``hasher`` from an mmap of the
-    page cache (no copy; hashlib releases the GIL)."""
-    if size == 0:
-        return
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be aligned
-    with (
-        mmap.mmap(fd, offset + size - start, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=start) as mapped,
-        memoryview(mapped) as whole,
-        whole[offset - start :] as view,
-    ):
-        hasher.update(view)
-
-
-def _range_matches(fd: int, offset: int, size: int, digest: Digest) -> bool:
-    hasher = digest.hasher()
-    _hash_range(hasher, fd, offset, size)
-    return bool(hasher.hexdigest() == digest.hex)
-
-
-def _hash_file(fd: int, size: int) -> str:
-    hasher = hashlib.sha256()
-    for offset in range(0, size, _HASH_BLOCK):
-        _hash_range(hasher, fd, offset, min(_HASH_BLOCK, size - offset))
-    return hasher.hexdigest()
-
-
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -710,7 +577,7 @@ def run_pull(args: argparse.Namespace, client_options: ClientOptions) -> int:
         json.dump(result.summary(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
-        rate = result.bytes / _MiB / result.seconds if result.seconds > 0 else 0.0
+        rate = result.bytes / MIB / result.seconds if result.seconds > 0 else 0.0
         print(
             f"pulled {len(result.files)} file(s), {format_size(result.bytes)} in {result.seconds:.1f}s"
             f" ({rate:,.1f} MiB/s) into {result.output}: {format_size(result.bytes_downloaded)} downloaded,"
