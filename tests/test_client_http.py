@@ -57,7 +57,7 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
     # Retry-After larger than the cap is capped, so one misbehaving proxy cannot stall a pull for hours.
     policy = RetryPolicy(max_delay=5)
-    assert policy.delay_for(1, httpx.Response(429, headers={"Retry-After": "3600"})) == 5
+    assert policy.delay_for(1, "3600") == 5
 
 
 async def test_5xx_burst_then_success() -> None:
