@@ -21,7 +21,8 @@ from ocifs.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
+from ocifs.format.media import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
+from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy, parse_retry_after
 

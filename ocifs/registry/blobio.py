@@ -4,77 +4,56 @@ Why: httpx on trio parses bodies in the event-loop thread through h11 with sever
 byte; measured here it costs 0.9–3.9 CPU-s per GiB and caps a cold mount near a third of what
 curl gets, while ``http.client`` reading a Content-Length body straight into one ``bytes``
 object in a worker thread costs ~0.4 CPU-s per GiB and leaves the trio thread free
-(../shared/design.md §7; docs/architecture.md "The data path").
+(docs/platform.md, "Measured on the reference machine"; docs/architecture.md "The data path").
 
-Contract: :meth:`FastBlobReader.get` performs one GET and reports the outcome without
-raising; the registry client's request loop applies the same retry policy and error messages
-to it as to httpx requests, and redoes a 401 challenge on httpx (which owns auth). Redirects
-are followed here, with ``Authorization`` dropped for any other origin (the rule httpx
-applies). With a proxy configured in the environment the fast path is disabled.
+Contract: :class:`ThreadedTransport` is a :class:`~ocifs.registry.transport.Transport` for
+blob GETs and monolithic upload PUTs of at least :data:`FAST_PATH_MIN_BYTES`; each attempt is
+one :meth:`FastBlobReader.get`/``put`` in a worker thread that reports the outcome without
+raising, and the request engine applies the same retry policy, auth and error messages to it as
+to the general transport. Redirects are followed here, with ``Authorization`` dropped for any
+other origin (the rule httpx applies). With a proxy configured in the environment this
+transport carries nothing (everything goes through httpx, which honours the proxy).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import ssl
 import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
+import trio
+
 from ocifs.errors import FD_EXHAUSTION
+from ocifs.registry.transport import (
+    UPLOAD_SLICE,
+    Answer,
+    BodyLengthError,
+    ClientStats,
+    RedirectError,
+    Request,
+    SizeMismatch,
+    content_range_total,
+    excess_read_limit,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Idle keep-alive connections kept per client; more are opened when more threads read at once.
 _MAX_IDLE = 32
 # Of an error body, this much is read for the message.
 _EXCERPT = 64 * 1024
-#: Upload bodies are written this much at a time, each write under the socket timeout (one
-#: 16 MiB write would have to finish within it on a slow link).
-UPLOAD_SLICE = 1024 * 1024
-
-
-class BodyLengthError(Exception):
-    """A success answer whose body was cut short of its announced length (retried like a broken
-    connection)."""
-
-
-class RedirectError(Exception):
-    """Redirects that cannot lead to the blob: a loop (more than :data:`_MAX_REDIRECTS`) or a
-    target that is not http(s). Not retried: the registry would send the same redirects again."""
-
-
-class SizeMismatch(Exception):
-    """A *complete* success answer whose body is not the length asked for: the registry serves
-    another size than the descriptor gives, which no retry changes.
-
-    ``served`` is the body's length (a lower bound when ``more``: the body was not read to its
-    end, see :func:`_read_other_length`); ``total`` the blob's size from a 206's
-    ``Content-Range``, when it says.
-    """
-
-    def __init__(self, served: int, expected: int, *, more: bool = False, total: int | None = None) -> None:
-        super().__init__(f"body of {'more than ' if more else ''}{served} bytes where {expected} were expected")
-        self.served = served
-        self.expected = expected
-        self.more = more
-        self.total = total
-
-
-def excess_read_limit(expected: int) -> int:
-    """How much more than ``expected`` bytes a body of the wrong length is read to see whether it
-    is complete (a wrong size) or cut (a broken connection): as much again, at least 1 MiB.
-    Beyond that, an announced length is taken at its word and the body is not read."""
-    return max(expected, 1 << 20)
-
-
-def content_range_total(value: str | None) -> int | None:
-    """The complete length in ``Content-Range: bytes A-B/TOTAL`` (or ``*/TOTAL``), if given."""
-    total = (value or "").rpartition("/")[2].strip()
-    return int(total) if total.isdigit() else None
+# Bodies at least this large go through the threaded transport; below it the thread hand-off
+# costs more than httpx's parsing.
+FAST_PATH_MIN_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +72,46 @@ Origin = tuple[str, str, int]  # scheme, host, port
 # Registries backed by object storage (Docker Hub, ECR, GHCR, S3-backed distribution) answer
 # blob GETs with a redirect to a signed URL on another host; follow a few, like httpx does.
 _MAX_REDIRECTS = 5
+
+
+class ThreadedTransport:
+    """Large blob bodies on :class:`FastBlobReader` in worker threads (see the module docstring)."""
+
+    def __init__(self, reader: FastBlobReader, stats: ClientStats) -> None:
+        self.reader = reader
+        self._stats = stats
+
+    def carries(self, request: Request[Any]) -> bool:
+        return (
+            self.reader.enabled
+            and request.size is not None
+            and request.size >= FAST_PATH_MIN_BYTES
+            and (request.method == "GET" or (request.method == "PUT" and request.content is not None))
+        )
+
+    async def aclose(self) -> None:
+        self.reader.close()
+
+    async def send(self, request: Request[T], headers: Mapping[str, str], excerpt: Callable[[int], bool]) -> Answer[T]:
+        reader, size = self.reader, request.size or 0
+        if request.method == "PUT" and request.content is not None:
+            attempt = functools.partial(reader.put, request.url, headers, request.content, request.expected)
+        else:
+            partial = "Range" in request.headers
+            attempt = functools.partial(reader.get, request.url, headers, size, partial=partial)
+        outcome = await trio.to_thread.run_sync(attempt, abandon_on_cancel=True)
+        if outcome.data is not None:
+            if request.method == "GET":
+                self._stats.fast_gets += 1
+            else:
+                self._stats.fast_puts += 1
+            return Answer(outcome.status, outcome.headers, value=outcome.data, accepted=True)
+        if outcome.error is not None:
+            return Answer(0, {}, error=outcome.error)
+        # An answer the request accepts but this transport does not read (a 200 with the whole
+        # blob to a Range request, as a registry may send): the general transport reads it.
+        declined = outcome.status in request.expected
+        return Answer(outcome.status, outcome.headers, body=outcome.body, declined=declined)
 
 
 class FastBlobReader:
@@ -223,7 +242,13 @@ class FastBlobReader:
             self.close()  # idle keep-alive sockets hold descriptors the process is short of
         return FastResponse(0, {}, error=exc)
 
+    def idle_connections(self) -> int:
+        """How many keep-alive connections wait in the pool (tests check reuse and release)."""
+        with self._lock:
+            return sum(len(pool) for pool in self._idle.values())
+
     def close(self) -> None:
+        """Close the idle connections (requests in flight keep theirs)."""
         with self._lock:
             pools, self._idle = self._idle, {}
         for pool in pools.values():

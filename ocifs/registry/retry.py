@@ -36,7 +36,6 @@ class RetryPolicy:
     ``attempts`` counts every try, the first included. ``base_delay`` doubles per retry up to
     ``max_delay``; the actual wait is uniform in [0, that] (full jitter) so that many parallel
     chunk requests failing together do not retry in lockstep.
-    """
 
     ``chunk_retries`` is the fetcher's share (a mount's reads): how many more whole downloads of
     a chunk it makes after one failed with its ``attempts`` spent or came back corrupt. Two: a
