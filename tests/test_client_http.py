@@ -24,6 +24,7 @@ from ocifs.errors import (
 from ocifs.format.media import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
+from ocifs.registry.general import httpcore_patch_applies
 from ocifs.registry.retry import RetryPolicy, parse_retry_after
 
 BLOB = b"0123456789" * 100
@@ -382,3 +383,10 @@ async def test_oversized_manifest_refused_before_reading_it_all() -> None:
     async with client_for(handler) as client:
         with pytest.raises(RegistryError, match="limit"):
             await client.get_manifest("r", "v1")
+
+
+def test_httpcore_receive_size_patch_applies() -> None:
+    """registry/general.py raises httpcore's private receive size (64 KiB → 1 MiB: a third of
+    the CPU per GiB on the httpx path). If a new httpcore renames or stops reading the
+    attribute, the patch silently does nothing: this fails instead."""
+    assert httpcore_patch_applies()
