@@ -68,6 +68,8 @@ class FastResponse:
 
 
 Origin = tuple[str, str, int]  # scheme, host, port
+#: Opens a connection to an origin (tests hand in one that reaches an in-memory server).
+Connector = Callable[[Origin, float], http.client.HTTPConnection]
 
 # Registries backed by object storage (Docker Hub, ECR, GHCR, S3-backed distribution) answer
 # blob GETs with a redirect to a signed URL on another host; follow a few, like httpx does.
@@ -85,7 +87,7 @@ class ThreadedTransport:
         return (
             self.reader.enabled
             and request.size is not None
-            and request.size >= FAST_PATH_MIN_BYTES
+            and request.size >= self.reader.min_bytes
             and (request.method == "GET" or (request.method == "PUT" and request.content is not None))
         )
 
@@ -97,8 +99,7 @@ class ThreadedTransport:
         if request.method == "PUT" and request.content is not None:
             attempt = functools.partial(reader.put, request.url, headers, request.content, request.expected)
         else:
-            partial = "Range" in request.headers
-            attempt = functools.partial(reader.get, request.url, headers, size, partial=partial)
+            attempt = functools.partial(reader.get, request.url, headers, size, offset=request.offset)
         outcome = await trio.to_thread.run_sync(attempt, abandon_on_cancel=True)
         if outcome.data is not None:
             if request.method == "GET":
@@ -106,6 +107,10 @@ class ThreadedTransport:
             else:
                 self._stats.fast_puts += 1
             return Answer(outcome.status, outcome.headers, value=outcome.data, accepted=True)
+        if isinstance(outcome.error, http.client.LineTooLong) or _too_many_headers(outcome.error):
+            # An answer head http.client will not parse (a header line over 64 KiB, over 100
+            # headers) that httpx takes (up to 100 KiB): the general transport reads it.
+            return Answer(0, {}, declined=True)
         if outcome.error is not None:
             return Answer(0, {}, error=outcome.error)
         # An answer the request accepts but this transport does not read (a 200 with the whole
@@ -117,8 +122,20 @@ class ThreadedTransport:
 class FastBlobReader:
     """Blob GETs on pooled ``http.client`` connections; thread-safe, blocking (call in threads)."""
 
-    def __init__(self, base_url: str, verify: ssl.SSLContext | bool, timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+        *,
+        min_bytes: int = FAST_PATH_MIN_BYTES,
+        connector: Connector | None = None,
+    ) -> None:
+        """``min_bytes``: smaller bodies stay on httpx. ``connector``: how a connection to an
+        origin is opened (default: TCP, TLS for https, with ``verify``)."""
         parts = urlsplit(base_url)
+        self.min_bytes = min_bytes
+        self._connector = connector
         self._origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
         self._timeout = timeout
         if isinstance(verify, ssl.SSLContext):
@@ -132,19 +149,21 @@ class FastBlobReader:
         self._lock = threading.Lock()
         self.enabled = not _proxied(parts.scheme, self._origin[1])
 
-    def get(self, path: str, headers: Mapping[str, str], expected: int, *, partial: bool = False) -> FastResponse:
+    def get(self, path: str, headers: Mapping[str, str], expected: int, *, offset: int | None = None) -> FastResponse:
         """GET ``path`` on the registry and report what happened; never raises for network or HTTP trouble.
 
         Redirects are followed; ``Authorization`` goes only to the registry's own origin.
-        ``data`` is set only when the answer is 200 (206 when ``partial``) with exactly
-        ``expected`` bytes; otherwise ``status`` (0 if no response), ``headers`` and a body
+        ``offset``: the request is for a range (a ``Range`` header) starting there; a registry
+        may answer it with the whole blob (200: ``Range`` is a SHOULD), which is then read up to
+        the range's end and sliced. ``data`` is set only when the answer has exactly
+        ``expected`` bytes (of the range); otherwise ``status`` (0 if no response), ``headers`` and a body
         excerpt, or ``error`` for a transport failure, let the caller decide (retry, redo an
         auth challenge on httpx, or report).
         """
         origin, target = self._origin, path
         send = {**headers, "Accept-Encoding": "identity"}
         for _ in range(_MAX_REDIRECTS + 1):
-            outcome, location = self._get_once(origin, target, send, expected, partial)
+            outcome, location = self._get_once(origin, target, send, expected, offset)
             if location is None:
                 return outcome
             try:
@@ -162,8 +181,9 @@ class FastBlobReader:
         return FastResponse(0, {}, error=RedirectError(f"more than {_MAX_REDIRECTS} redirects (a redirect loop?)"))
 
     def _get_once(
-        self, origin: Origin, target: str, headers: Mapping[str, str], expected: int, partial: bool
+        self, origin: Origin, target: str, headers: Mapping[str, str], expected: int, offset: int | None
     ) -> tuple[FastResponse, str | None]:
+        partial = offset is not None
         conn = self._take(origin)
         try:
             conn.request("GET", target, headers=dict(headers))
@@ -186,6 +206,12 @@ class FastBlobReader:
                     other, error = _read_other_length(response, expected, length, total)
                 finally:
                     conn.close()
+                return FastResponse(response.status, found, data=other, error=error), None
+            if partial and response.status == 200:
+                try:
+                    other, error = _read_range_of_whole(response, offset or 0, expected, length)
+                finally:
+                    conn.close()  # the rest of the blob is not read
                 return FastResponse(response.status, found, data=other, error=error), None
             body = response.read(_EXCERPT) if response.status >= 400 else b""
             conn.close()
@@ -260,6 +286,8 @@ class FastBlobReader:
             pool = self._idle.get(origin)
             if pool:
                 return pool.pop()
+        if self._connector is not None:
+            return self._connector(origin, self._timeout)
         scheme, host, port = origin
         if scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._context)
@@ -304,6 +332,34 @@ def _read_other_length(
     if seen == expected:
         return bytes(kept), None
     return None, SizeMismatch(seen, expected, total=total)
+
+
+def _too_many_headers(error: BaseException | None) -> bool:
+    return isinstance(error, http.client.HTTPException) and str(error).startswith("got more than")
+
+
+def _read_range_of_whole(
+    response: http.client.HTTPResponse, offset: int, expected: int, length: str | None
+) -> tuple[bytes | None, BaseException | None]:
+    """Bytes ``[offset, offset + expected)`` of a whole blob sent for a range request, reading
+    no further than that; :class:`SizeMismatch` if the complete blob ends before it,
+    :class:`BodyLengthError` if the body was cut short of its ``Content-Length``."""
+    end = offset + expected
+    kept = bytearray()
+    seen = 0
+    while seen < end:
+        piece = response.read(min(1 << 20, end - seen))
+        if not piece:
+            break
+        if seen + len(piece) > offset:
+            kept += piece[max(0, offset - seen) :]
+        seen += len(piece)
+    if seen >= end:
+        return bytes(kept), None
+    announced = int(length) if length is not None and length.isdigit() else None
+    if announced is not None and seen < announced:
+        return None, BodyLengthError(f"body ended after {seen} of {announced} bytes")
+    return None, SizeMismatch(seen, end, total=seen)
 
 
 def _origin_of(scheme: str, host: str, port: int | None) -> Origin:

@@ -344,6 +344,7 @@ class RegistryClient:
             headers={"Range": f"bytes={start}-{end - 1}"},
             expected=(200, 206),
             size=end - start,
+            offset=start,
             as_stored=True,
         )
         try:

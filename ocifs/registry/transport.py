@@ -36,10 +36,11 @@ class Request(Generic[T]):
     ``what`` names it in messages ("blob sha256:ab12…"). ``repository``/``actions`` give the
     token scope (``extra_scopes`` more, e.g. the source of a cross-repository mount).
     ``size``: the body's expected length (blob GETs) or the upload's (PUTs): requests with one
-    may take the threaded transport. ``resend=False``: one attempt only — a PUT into an
-    upload session may have reached the registry, only the caller knows how to check.
-    ``as_stored``: take the body byte for byte whatever ``Content-Encoding`` it is labelled
-    with (blobs; their digest checks them); other bodies with an encoding are refused.
+    may take the threaded transport; ``offset``: where the ``Range`` of a range GET starts.
+    ``resend=False``: one attempt only — a PUT into an upload session may have reached the
+    registry, only the caller knows how to check. ``as_stored``: take the body byte for byte
+    whatever ``Content-Encoding`` it is labelled with (blobs; their digest checks them); other
+    bodies with an encoding are refused.
     """
 
     method: str
@@ -54,6 +55,7 @@ class Request(Generic[T]):
     expected: tuple[int, ...] = (200,)
     extra_scopes: tuple[str, ...] = ()
     size: int | None = None
+    offset: int | None = None
     resend: bool = True
     as_stored: bool = False
 
