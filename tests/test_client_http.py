@@ -90,6 +90,15 @@ def test_retry_after_parsing() -> None:
     assert policy.delay_for(1, "3600") == 5
 
 
+def test_the_fetchers_retries_are_a_value_of_the_one_policy() -> None:
+    """A mount's fetcher retries ``chunk_retries`` times, and not at all when every request is
+    to be tried once (``--retries 1``): one policy for the whole stack (docs/requests.md)."""
+    assert RetryPolicy().fetch_retries == 2
+    assert RetryPolicy(attempts=1).fetch_retries == 0
+    assert RetryPolicy(attempts=2).fetch_retries == 1
+    assert RetryPolicy(attempts=10, chunk_retries=4).fetch_retries == 4
+
+
 async def test_5xx_burst_then_success() -> None:
     statuses = [500, 502, 503]
 
