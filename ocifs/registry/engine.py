@@ -25,7 +25,7 @@ from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_c
 from ocifs.registry.blobio import ThreadedTransport
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.failures import Failures, describe_transport_error, redirect_reason
-from ocifs.registry.retry import RetryPolicy, is_certificate_failure, is_retryable_exception, is_retryable_status
+from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
 from ocifs.registry.transport import Answer, ClientStats, RedirectError, Request, SizeMismatch, Transport
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class RequestEngine:
                 reason = str(failure) if isinstance(failure, RedirectError) else redirect_reason(failure)
                 if reason is not None:
                     raise self.failures.redirect(what, reason) from failure
-                retryable = is_retryable_exception(failure) if isinstance(failure, httpx.HTTPError) else True
-                if not retryable or is_certificate_failure(failure) or attempt >= attempts:
+                if not is_retryable_exception(failure) or attempt >= attempts:
                     raise self.failures.transport(what, failure) from failure
                 delay = self.policy.backoff(attempt)
                 log.debug(

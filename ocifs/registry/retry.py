@@ -80,15 +80,21 @@ def is_retryable_status(status: int) -> bool:
 
 
 def is_retryable_exception(exc: BaseException) -> bool:
-    """Whether an exception raised by httpx is a transient transport failure.
+    """Whether a transport's failure is transient.
 
-    ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol errors
-    (e.g. a body shorter than its Content-Length). Unsupported-protocol and proxy configuration
-    errors are permanent.
+    From httpx: ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol
+    errors (e.g. a body shorter than its Content-Length); unsupported-protocol and proxy
+    configuration errors are permanent. From the threaded transport (which reports only socket
+    errors, ``http.client`` errors and bodies cut short; wrong sizes and bad redirects are
+    decided before this): all transient. A failed certificate verification never is.
     """
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError) or is_certificate_failure(exc):
+    if is_certificate_failure(exc):
         return False
-    return isinstance(exc, httpx.TransportError)
+    if isinstance(exc, httpx.HTTPError):
+        return isinstance(exc, httpx.TransportError) and not isinstance(
+            exc, httpx.UnsupportedProtocol | httpx.ProxyError
+        )
+    return True
 
 
 def is_certificate_failure(exc: BaseException) -> bool:
