@@ -190,6 +190,25 @@ async def test_transient_unavailability_is_retried(cache: ChunkCache, autojump_c
     assert source.calls[other] == 4 and fetcher.stats().errors == 1
 
 
+async def test_retry_waits_follow_the_stacks_one_backoff(
+    cache: ChunkCache, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetcher waits what ``registry.retry.backoff`` says for its base and cap (full jitter,
+    here pinned to its ceiling): the stack has one backoff function."""
+    pinned = random.Random()
+    monkeypatch.setattr(pinned, "uniform", lambda low, high: high)
+    monkeypatch.setattr("ocifs.registry.retry.random", pinned)
+    digest, data = blob(1)
+    source = FakeSource((digest, data))
+    source.unavailable[digest] = 3
+    fetcher = Fetcher(source, cache, retries=3, retry_base_delay=0.25)
+    started = trio.current_time()
+    assert await fetcher.get(REPO, digest) == data
+    # Virtual time (autojump): exactly the three ceilings, 0.25 + 0.5 + 1.
+    assert trio.current_time() - started == pytest.approx(1.75)
+    assert fetcher.stats().retries == 3
+
+
 async def test_leader_failure_is_shared_and_a_later_call_retries(
     cache: ChunkCache, autojump_clock: trio.testing.MockClock
 ) -> None:

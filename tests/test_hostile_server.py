@@ -21,17 +21,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.loopback import Loopback
 from support.measured_cli import Run, run_measured
 
 from ocifs.digest import Digest
 from ocifs.errors import InvalidDigest, OcifsError, RegistryError, RegistryUnavailable
-from ocifs.registry.client import (
-    FAST_PATH_MIN_BYTES,
-    MAX_TOKEN_RESPONSE_BYTES,
-    OCI_MANIFEST,
-    ClientOptions,
-    RegistryClient,
-)
+from ocifs.format.media import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
+from ocifs.registry.blobio import FAST_PATH_MIN_BYTES, FastBlobReader
+from ocifs.registry.bodies import MAX_TOKEN_RESPONSE_BYTES
+from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.retry import RetryPolicy
 
@@ -60,9 +58,35 @@ class Endless(httpx.AsyncByteStream):
             yield self.piece
 
 
+#: Which transport carries blob bodies in this test: ``httpx`` (every byte on the MockTransport)
+#: or ``threaded`` (blob GETs and uploads through the threaded transport, served from the same
+#: handler over loopback sockets by :class:`Loopback`). Every test runs with both.
+_TRANSPORT: dict[str, str] = {}
+_LOOPBACKS: list[Loopback] = []
+
+
+@pytest.fixture(autouse=True, params=["httpx", "threaded"])
+def blob_transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    _TRANSPORT["mode"] = request.param
+    yield request.param
+    while _LOOPBACKS:
+        _LOOPBACKS.pop().close()
+
+
+def fast_reader(handler: Callable[[httpx.Request], httpx.Response]) -> FastBlobReader | None:
+    """The threaded transport's reader for ``handler`` in this test's mode (None: httpx only)."""
+    if _TRANSPORT.get("mode") != "threaded":
+        return None
+    loopback = Loopback(handler)
+    _LOOPBACKS.append(loopback)
+    return loopback.reader()
+
+
 def client_for(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> RegistryClient:
     options = ClientOptions(retry=FAST)
-    return RegistryClient("registry.test", options=options, transport=httpx.MockTransport(handler), **kwargs)  # type: ignore[arg-type]
+    return RegistryClient(
+        "registry.test", options=options, transport=httpx.MockTransport(handler), fast=fast_reader(handler), **kwargs
+    )  # type: ignore[arg-type]
 
 
 def one_printable_line(exc: BaseException) -> str:
@@ -206,20 +230,20 @@ async def test_plain_http_to_a_tls_registry_names_the_flag_that_forced_it() -> N
     one_printable_line(info.value)
 
 
-async def test_an_endless_tag_list_and_an_endless_error_answer_are_cut_off() -> None:
+async def test_an_endless_manifest_and_an_endless_error_answer_are_cut_off() -> None:
     bodies: list[Endless] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(Endless(b'{"tags":["' + b"v" * 65526 if "tags" in request.url.path else b"A" * 65536))
-        status = 200 if "tags" in request.url.path else 400
-        return httpx.Response(status, stream=bodies[-1])
+        ok = request.url.path.endswith("/v1")
+        bodies.append(Endless(b'{"layers":["' + b"v" * 65524 if ok else b"A" * 65536))
+        return httpx.Response(200 if ok else 400, stream=bodies[-1])
 
     async with client_for(handler) as client:
         with pytest.raises(RegistryError, match="over the 4194304-byte limit") as info:
-            await client.list_tags("r")
+            await client.get_manifest("r", "v1")
         one_printable_line(info.value)
         with pytest.raises(RegistryError, match="unexpected response: AAAA") as info:
-            await client.get_manifest("r", "v1")
+            await client.get_manifest("r", "v2")
         one_printable_line(info.value)
     assert len(bodies) == 2
     assert bodies[0].pulled <= 4 * MIB + 65536 and bodies[1].pulled <= 64 * 1024 + 65536

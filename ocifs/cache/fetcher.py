@@ -3,8 +3,8 @@
 This module owns *how* a blob's bytes are obtained: single-flight per digest, bounded download
 concurrency, retries of corrupt or failed downloads, verification before anything is served or
 cached. It must not know about files, offsets or FUSE (the callers map those to digests), and
-it must not import the registry package: the registry client satisfies :class:`BlobSource`
-structurally, and tests use in-memory fakes.
+of the registry package it imports only the stack's one backoff (``registry.retry``): the
+registry client satisfies :class:`BlobSource` structurally, and tests use in-memory fakes.
 
 Invariants:
 
@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +47,15 @@ import trio
 from ocifs.cache.store import ChunkCache
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, RegistryUnavailable
+from ocifs.registry.retry import backoff
 
 log = logging.getLogger(__name__)
 
-#: First retry waits up to this many seconds (full jitter), doubling per retry up to
-#: :data:`MAX_RETRY_DELAY`. The registry client already retries transport errors itself with
-#: backoff, so by the time a RegistryUnavailable reaches us the registry has been failing for a
-#: while: wait a little longer rather than hammer it.
+#: First retry waits up to this many seconds (full jitter, :func:`ocifs.registry.retry.backoff`,
+#: the stack's one backoff), doubling per retry up to :data:`MAX_RETRY_DELAY`. The registry
+#: client already retries transport errors itself with backoff, so by the time a
+#: RegistryUnavailable reaches us the registry has been failing for a while: wait a little longer
+#: rather than hammer it (docs/requests.md: how the two levels compose).
 RETRY_BASE_DELAY = 1.0
 MAX_RETRY_DELAY = 20.0
 #: While another process downloads a chunk we need, look for it this often, and give up
@@ -477,8 +478,7 @@ class Fetcher:
         """Exponential backoff with full jitter, so chunks that failed together (a registry
         restart) do not all come back in the same instant."""
         self._stats.retries += 1
-        ceiling = min(MAX_RETRY_DELAY, self._retry_base_delay * 2 ** (retry_number - 1))
-        await trio.sleep(random.uniform(0, ceiling))
+        await trio.sleep(backoff(retry_number, self._retry_base_delay, MAX_RETRY_DELAY))
 
 
 def _check_size(digest: Digest, data: bytes, size: int | None) -> bytes:

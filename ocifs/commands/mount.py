@@ -72,10 +72,9 @@ def config_from_args(args: argparse.Namespace, client_options: ClientOptions) ->
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         cache_max_size=args.cache_max_size,
         cache_memory=getattr(args, "cache_memory", None),
-        # The registry client already retries each request --retries times with backoff;
-        # the fetcher's own retries (for corrupt bytes and a registry that stays down) are
-        # kept small so a failed read reports within seconds, not minutes.
-        fetch_retries=min(2, args.retries - 1),
+        # The fetcher's share of the one retry policy (docs/requests.md: how it composes with
+        # the client's --retries attempts per request).
+        fetch_retries=client_options.retry.fetch_retries,
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
         read_ahead_kb=args.read_ahead_kb,
     )

@@ -4,77 +4,56 @@ Why: httpx on trio parses bodies in the event-loop thread through h11 with sever
 byte; measured here it costs 0.9–3.9 CPU-s per GiB and caps a cold mount near a third of what
 curl gets, while ``http.client`` reading a Content-Length body straight into one ``bytes``
 object in a worker thread costs ~0.4 CPU-s per GiB and leaves the trio thread free
-(../shared/design.md §7; docs/architecture.md "The data path").
+(docs/platform.md, "Measured on the reference machine"; docs/architecture.md "The data path").
 
-Contract: :meth:`FastBlobReader.get` performs one GET and reports the outcome without
-raising; the registry client's request loop applies the same retry policy and error messages
-to it as to httpx requests, and redoes a 401 challenge on httpx (which owns auth). Redirects
-are followed here, with ``Authorization`` dropped for any other origin (the rule httpx
-applies). With a proxy configured in the environment the fast path is disabled.
+Contract: :class:`ThreadedTransport` is a :class:`~ocifs.registry.transport.Transport` for
+blob GETs and monolithic upload PUTs of at least :data:`FAST_PATH_MIN_BYTES`; each attempt is
+one :meth:`FastBlobReader.get`/``put`` in a worker thread that reports the outcome without
+raising, and the request engine applies the same retry policy, auth and error messages to it as
+to the general transport. Redirects are followed here, with ``Authorization`` dropped for any
+other origin (the rule httpx applies). With a proxy configured in the environment this
+transport carries nothing (everything goes through httpx, which honours the proxy).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import ssl
 import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
+import trio
+
 from ocifs.errors import FD_EXHAUSTION
+from ocifs.registry.transport import (
+    UPLOAD_SLICE,
+    Answer,
+    BodyLengthError,
+    ClientStats,
+    RedirectError,
+    Request,
+    SizeMismatch,
+    content_range_total,
+    excess_read_limit,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Idle keep-alive connections kept per client; more are opened when more threads read at once.
 _MAX_IDLE = 32
 # Of an error body, this much is read for the message.
 _EXCERPT = 64 * 1024
-#: Upload bodies are written this much at a time, each write under the socket timeout (one
-#: 16 MiB write would have to finish within it on a slow link).
-UPLOAD_SLICE = 1024 * 1024
-
-
-class BodyLengthError(Exception):
-    """A success answer whose body was cut short of its announced length (retried like a broken
-    connection)."""
-
-
-class RedirectError(Exception):
-    """Redirects that cannot lead to the blob: a loop (more than :data:`_MAX_REDIRECTS`) or a
-    target that is not http(s). Not retried: the registry would send the same redirects again."""
-
-
-class SizeMismatch(Exception):
-    """A *complete* success answer whose body is not the length asked for: the registry serves
-    another size than the descriptor gives, which no retry changes.
-
-    ``served`` is the body's length (a lower bound when ``more``: the body was not read to its
-    end, see :func:`_read_other_length`); ``total`` the blob's size from a 206's
-    ``Content-Range``, when it says.
-    """
-
-    def __init__(self, served: int, expected: int, *, more: bool = False, total: int | None = None) -> None:
-        super().__init__(f"body of {'more than ' if more else ''}{served} bytes where {expected} were expected")
-        self.served = served
-        self.expected = expected
-        self.more = more
-        self.total = total
-
-
-def excess_read_limit(expected: int) -> int:
-    """How much more than ``expected`` bytes a body of the wrong length is read to see whether it
-    is complete (a wrong size) or cut (a broken connection): as much again, at least 1 MiB.
-    Beyond that, an announced length is taken at its word and the body is not read."""
-    return max(expected, 1 << 20)
-
-
-def content_range_total(value: str | None) -> int | None:
-    """The complete length in ``Content-Range: bytes A-B/TOTAL`` (or ``*/TOTAL``), if given."""
-    total = (value or "").rpartition("/")[2].strip()
-    return int(total) if total.isdigit() else None
+# Bodies at least this large go through the threaded transport; below it the thread hand-off
+# costs more than httpx's parsing.
+FAST_PATH_MIN_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +68,74 @@ class FastResponse:
 
 
 Origin = tuple[str, str, int]  # scheme, host, port
+#: Opens a connection to an origin (tests hand in one that reaches an in-memory server).
+Connector = Callable[[Origin, float], http.client.HTTPConnection]
 
 # Registries backed by object storage (Docker Hub, ECR, GHCR, S3-backed distribution) answer
 # blob GETs with a redirect to a signed URL on another host; follow a few, like httpx does.
 _MAX_REDIRECTS = 5
 
 
+class ThreadedTransport:
+    """Large blob bodies on :class:`FastBlobReader` in worker threads (see the module docstring)."""
+
+    def __init__(self, reader: FastBlobReader, stats: ClientStats) -> None:
+        self.reader = reader
+        self._stats = stats
+
+    def carries(self, request: Request[Any]) -> bool:
+        return (
+            self.reader.enabled
+            and request.size is not None
+            and request.size >= self.reader.min_bytes
+            and (request.method == "GET" or (request.method == "PUT" and request.content is not None))
+        )
+
+    async def aclose(self) -> None:
+        self.reader.close()
+
+    async def send(self, request: Request[T], headers: Mapping[str, str], excerpt: Callable[[int], bool]) -> Answer[T]:
+        reader, size = self.reader, request.size or 0
+        if request.method == "PUT" and request.content is not None:
+            attempt = functools.partial(reader.put, request.url, headers, request.content, request.expected)
+        else:
+            attempt = functools.partial(reader.get, request.url, headers, size, offset=request.offset)
+        outcome = await trio.to_thread.run_sync(attempt, abandon_on_cancel=True)
+        if outcome.data is not None:
+            if request.method == "GET":
+                self._stats.fast_gets += 1
+            else:
+                self._stats.fast_puts += 1
+            return Answer(outcome.status, outcome.headers, value=outcome.data, accepted=True)
+        if isinstance(outcome.error, http.client.LineTooLong) or _too_many_headers(outcome.error):
+            # An answer head http.client will not parse (a header line over 64 KiB, over 100
+            # headers) that httpx takes (up to 100 KiB): the general transport reads it.
+            return Answer(0, {}, declined=True)
+        if outcome.error is not None:
+            return Answer(0, {}, error=outcome.error)
+        # An answer the request accepts but this transport does not read (a 200 with the whole
+        # blob to a Range request, as a registry may send): the general transport reads it.
+        declined = outcome.status in request.expected
+        return Answer(outcome.status, outcome.headers, body=outcome.body, declined=declined)
+
+
 class FastBlobReader:
     """Blob GETs on pooled ``http.client`` connections; thread-safe, blocking (call in threads)."""
 
-    def __init__(self, base_url: str, verify: ssl.SSLContext | bool, timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+        *,
+        min_bytes: int = FAST_PATH_MIN_BYTES,
+        connector: Connector | None = None,
+    ) -> None:
+        """``min_bytes``: smaller bodies stay on httpx. ``connector``: how a connection to an
+        origin is opened (default: TCP, TLS for https, with ``verify``)."""
         parts = urlsplit(base_url)
+        self.min_bytes = min_bytes
+        self._connector = connector
         self._origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
         self._timeout = timeout
         if isinstance(verify, ssl.SSLContext):
@@ -113,19 +149,21 @@ class FastBlobReader:
         self._lock = threading.Lock()
         self.enabled = not _proxied(parts.scheme, self._origin[1])
 
-    def get(self, path: str, headers: Mapping[str, str], expected: int, *, partial: bool = False) -> FastResponse:
+    def get(self, path: str, headers: Mapping[str, str], expected: int, *, offset: int | None = None) -> FastResponse:
         """GET ``path`` on the registry and report what happened; never raises for network or HTTP trouble.
 
         Redirects are followed; ``Authorization`` goes only to the registry's own origin.
-        ``data`` is set only when the answer is 200 (206 when ``partial``) with exactly
-        ``expected`` bytes; otherwise ``status`` (0 if no response), ``headers`` and a body
+        ``offset``: the request is for a range (a ``Range`` header) starting there; a registry
+        may answer it with the whole blob (200: ``Range`` is a SHOULD), which is then read up to
+        the range's end and sliced. ``data`` is set only when the answer has exactly
+        ``expected`` bytes (of the range); otherwise ``status`` (0 if no response), ``headers`` and a body
         excerpt, or ``error`` for a transport failure, let the caller decide (retry, redo an
         auth challenge on httpx, or report).
         """
         origin, target = self._origin, path
         send = {**headers, "Accept-Encoding": "identity"}
         for _ in range(_MAX_REDIRECTS + 1):
-            outcome, location = self._get_once(origin, target, send, expected, partial)
+            outcome, location = self._get_once(origin, target, send, expected, offset)
             if location is None:
                 return outcome
             try:
@@ -143,8 +181,9 @@ class FastBlobReader:
         return FastResponse(0, {}, error=RedirectError(f"more than {_MAX_REDIRECTS} redirects (a redirect loop?)"))
 
     def _get_once(
-        self, origin: Origin, target: str, headers: Mapping[str, str], expected: int, partial: bool
+        self, origin: Origin, target: str, headers: Mapping[str, str], expected: int, offset: int | None
     ) -> tuple[FastResponse, str | None]:
+        partial = offset is not None
         conn = self._take(origin)
         try:
             conn.request("GET", target, headers=dict(headers))
@@ -167,6 +206,12 @@ class FastBlobReader:
                     other, error = _read_other_length(response, expected, length, total)
                 finally:
                     conn.close()
+                return FastResponse(response.status, found, data=other, error=error), None
+            if partial and response.status == 200:
+                try:
+                    other, error = _read_range_of_whole(response, offset or 0, expected, length)
+                finally:
+                    conn.close()  # the rest of the blob is not read
                 return FastResponse(response.status, found, data=other, error=error), None
             body = response.read(_EXCERPT) if response.status >= 400 else b""
             conn.close()
@@ -223,7 +268,13 @@ class FastBlobReader:
             self.close()  # idle keep-alive sockets hold descriptors the process is short of
         return FastResponse(0, {}, error=exc)
 
+    def idle_connections(self) -> int:
+        """How many keep-alive connections wait in the pool (tests check reuse and release)."""
+        with self._lock:
+            return sum(len(pool) for pool in self._idle.values())
+
     def close(self) -> None:
+        """Close the idle connections (requests in flight keep theirs)."""
         with self._lock:
             pools, self._idle = self._idle, {}
         for pool in pools.values():
@@ -235,6 +286,8 @@ class FastBlobReader:
             pool = self._idle.get(origin)
             if pool:
                 return pool.pop()
+        if self._connector is not None:
+            return self._connector(origin, self._timeout)
         scheme, host, port = origin
         if scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._context)
@@ -279,6 +332,34 @@ def _read_other_length(
     if seen == expected:
         return bytes(kept), None
     return None, SizeMismatch(seen, expected, total=total)
+
+
+def _too_many_headers(error: BaseException | None) -> bool:
+    return isinstance(error, http.client.HTTPException) and str(error).startswith("got more than")
+
+
+def _read_range_of_whole(
+    response: http.client.HTTPResponse, offset: int, expected: int, length: str | None
+) -> tuple[bytes | None, BaseException | None]:
+    """Bytes ``[offset, offset + expected)`` of a whole blob sent for a range request, reading
+    no further than that; :class:`SizeMismatch` if the complete blob ends before it,
+    :class:`BodyLengthError` if the body was cut short of its ``Content-Length``."""
+    end = offset + expected
+    kept = bytearray()
+    seen = 0
+    while seen < end:
+        piece = response.read(min(1 << 20, end - seen))
+        if not piece:
+            break
+        if seen + len(piece) > offset:
+            kept += piece[max(0, offset - seen) :]
+        seen += len(piece)
+    if seen >= end:
+        return bytes(kept), None
+    announced = int(length) if length is not None and length.isdigit() else None
+    if announced is not None and seen < announced:
+        return None, BodyLengthError(f"body ended after {seen} of {announced} bytes")
+    return None, SizeMismatch(seen, end, total=seen)
 
 
 def _origin_of(scheme: str, host: str, port: int | None) -> Origin:

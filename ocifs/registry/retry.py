@@ -1,4 +1,6 @@
-"""The one place that decides what is a temporary failure and how long to wait before retrying.
+"""The one place that decides what is a temporary failure and how long to wait before retrying,
+and the one backoff function of the whole stack (the request engine and the fetcher use it; how
+their retries compose is written down in docs/requests.md).
 
 Retried: connection-level failures (refused, reset, timeouts, bodies cut short of their
 ``Content-Length``), HTTP 408, 429 and 5xx except 501 (not implemented is permanent). Everything
@@ -34,24 +36,42 @@ class RetryPolicy:
     ``attempts`` counts every try, the first included. ``base_delay`` doubles per retry up to
     ``max_delay``; the actual wait is uniform in [0, that] (full jitter) so that many parallel
     chunk requests failing together do not retry in lockstep.
+
+    ``chunk_retries`` is the fetcher's share (a mount's reads): how many more whole downloads of
+    a chunk it makes after one failed with its ``attempts`` spent or came back corrupt. Two: a
+    cold read then reports within seconds of the registry going away, not minutes, and a chunk
+    corrupted once in transit still arrives (docs/requests.md has the arithmetic).
     """
 
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 20.0
+    chunk_retries: int = 2
+
+    @property
+    def fetch_retries(self) -> int:
+        """The fetcher's retries under this policy: ``chunk_retries``, none when the user asked for
+        a single attempt per request (``--retries 1`` means "do not retry")."""
+        return min(self.chunk_retries, self.attempts - 1)
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** (retry_number - 1)))
-        return (rng or random).uniform(0, ceiling)
+        return backoff(retry_number, self.base_delay, self.max_delay, rng)
 
-    def delay_for(self, retry_number: int, response: httpx.Response | None) -> float:
-        """Seconds to wait: ``Retry-After`` when the response carries one, else backoff."""
-        if response is not None:
-            after = parse_retry_after(response.headers.get("retry-after"))
-            if after is not None:
-                return min(after, self.max_delay)
+    def delay_for(self, retry_number: int, retry_after: str | None) -> float:
+        """Seconds to wait: the answer's ``Retry-After`` when it has one, else backoff."""
+        after = parse_retry_after(retry_after)
+        if after is not None:
+            return min(after, self.max_delay)
         return self.backoff(retry_number)
+
+
+def backoff(retry_number: int, base_delay: float, max_delay: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [0, ``base_delay`` doubled per retry,
+    at most ``max_delay``], so that requests failing together (a registry restart) do not all
+    come back in the same instant. ``retry_number`` is 1 for the first retry."""
+    ceiling = min(max_delay, base_delay * (2 ** (retry_number - 1)))
+    return (rng or random).uniform(0, ceiling)
 
 
 def is_retryable_status(status: int) -> bool:
@@ -60,15 +80,21 @@ def is_retryable_status(status: int) -> bool:
 
 
 def is_retryable_exception(exc: BaseException) -> bool:
-    """Whether an exception raised by httpx is a transient transport failure.
+    """Whether a transport's failure is transient.
 
-    ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol errors
-    (e.g. a body shorter than its Content-Length). Unsupported-protocol and proxy configuration
-    errors are permanent.
+    From httpx: ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol
+    errors (e.g. a body shorter than its Content-Length); unsupported-protocol and proxy
+    configuration errors are permanent. From the threaded transport (which reports only socket
+    errors, ``http.client`` errors and bodies cut short; wrong sizes and bad redirects are
+    decided before this): all transient. A failed certificate verification never is.
     """
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError) or is_certificate_failure(exc):
+    if is_certificate_failure(exc):
         return False
-    return isinstance(exc, httpx.TransportError)
+    if isinstance(exc, httpx.HTTPError):
+        return isinstance(exc, httpx.TransportError) and not isinstance(
+            exc, httpx.UnsupportedProtocol | httpx.ProxyError
+        )
+    return True
 
 
 def is_certificate_failure(exc: BaseException) -> bool:
