@@ -4,9 +4,9 @@
 
 Starts a tmpfs registry (and, with ``--rtt-ms``, the latency proxy in front of it), writes a
 random file, and runs ``ocifs push`` once in a subprocess whose registry requests are traced
-(``RegistryClient._exchange`` is wrapped; if that private method is renamed the trace is
-skipped). Prints wall time, the client's and the registry's CPU seconds per GiB, peak RSS, the
-mean duration of HEAD/POST/PUT, and how many requests and PUTs were in flight on average —
+(``RequestEngine.send`` is wrapped; if it is renamed the trace is skipped). Prints wall time,
+the client's and the registry's CPU seconds per GiB, peak RSS, the mean duration of
+HEAD/POST/PUT, and how many requests and PUTs were in flight on average —
 with ``--jobs 8`` a pipeline that keeps the uploaders busy shows ~8; fewer means the uploaders
 waited (for the reader, the hashes, or round trips). ``--perf`` also records the client with
 ``perf record`` and prints CPU by shared object (libcrypto = sha256, kernel = copies and
@@ -36,15 +36,15 @@ import json, sys, time
 import trio
 events = []
 try:
-    from ocifs.registry import client as _c
-    _orig = _c.RegistryClient._exchange
-    async def _traced(self, method, url, **kw):
+    from ocifs.registry import engine as _e
+    _orig = _e.RequestEngine.send
+    async def _traced(self, request):
         t0 = trio.current_time()
         try:
-            return await _orig(self, method, url, **kw)
+            return await _orig(self, request)
         finally:
-            events.append((method, t0, trio.current_time(), len(kw.get("content") or b"")))
-    _c.RegistryClient._exchange = _traced
+            events.append((request.method, t0, trio.current_time(), len(request.content or b"")))
+    _e.RequestEngine.send = _traced
 except (ImportError, AttributeError) as exc:
     print(f"request trace unavailable: {exc}", file=sys.stderr)
 from ocifs.commands.cli import main

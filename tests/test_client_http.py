@@ -22,12 +22,12 @@ from ocifs.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from ocifs.format.media import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
+from ocifs.format.media import MEDIA_TYPE_MANIFEST as MEDIA_TYPE_MANIFEST
 from ocifs.registry.blobio import FastBlobReader
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.general import httpcore_patch_applies
-from ocifs.registry.retry import RetryPolicy, parse_retry_after
+from ocifs.retry import RetryPolicy, parse_retry_after
 
 BLOB = b"0123456789" * 100
 DIGEST = Digest.of_bytes(BLOB)
@@ -404,7 +404,7 @@ async def test_manifest_by_digest_is_verified() -> None:
     wrong = Digest.of_bytes(b"something else")
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+        return httpx.Response(200, content=manifest, headers={"Content-Type": MEDIA_TYPE_MANIFEST})
 
     async with client_for(handler) as client:
         ok = await client.get_manifest("r", str(Digest.of_bytes(manifest)))

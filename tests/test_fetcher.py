@@ -197,7 +197,7 @@ async def test_retry_waits_follow_the_stacks_one_backoff(
     here pinned to its ceiling): the stack has one backoff function."""
     pinned = random.Random()
     monkeypatch.setattr(pinned, "uniform", lambda low, high: high)
-    monkeypatch.setattr("ocifs.registry.retry.random", pinned)
+    monkeypatch.setattr("ocifs.retry.random", pinned)
     digest, data = blob(1)
     source = FakeSource((digest, data))
     source.unavailable[digest] = 3

@@ -55,10 +55,12 @@ from ocifs.format.media import (
     MAX_LAYERS,
     MEDIA_TYPE_CHUNK,
     MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_MANIFEST,
 )
 from ocifs.format.model import EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef
-from ocifs.registry.client import OCI_INDEX, OCI_MANIFEST, ClientOptions, RegistryClient
-from ocifs.registry.retry import RetryPolicy
+from ocifs.registry.client import ClientOptions, RegistryClient
+from ocifs.retry import RetryPolicy
 
 TITLE = ANNOTATION_TITLE
 PATH = ANNOTATION_PATH
@@ -150,7 +152,7 @@ class Corpus:
 def manifest(layers: list[dict[str, Any]], **fields: Any) -> bytes:
     doc: dict[str, Any] = {
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
+        "mediaType": MEDIA_TYPE_MANIFEST,
         "artifactType": DEFAULT_ARTIFACT_TYPE,
         "config": EMPTY_CONFIG,
         "layers": layers,
@@ -336,7 +338,9 @@ CASES: dict[str, Case] = {
     "chunk-digest-sha512": Case(_sha512_chunk, "is not sha256"),
     # -- structure and media types (R1–R5, R9)
     "media-type-image-index": Case(
-        lambda c: (manifest([c.plain("f")], mediaType=OCI_INDEX), OCI_INDEX), "image index", registry_refuses=True
+        lambda c: (manifest([c.plain("f")], mediaType=MEDIA_TYPE_IMAGE_INDEX), MEDIA_TYPE_IMAGE_INDEX),
+        "image index",
+        registry_refuses=True,
     ),
     "media-type-unknown": Case(
         lambda c: manifest([c.plain("f")], mediaType="application/x-evil"), "not an OCI image", registry_refuses=True
@@ -462,7 +466,7 @@ class Stored:
 async def store(server: RegistryServer, name: str, case: Case) -> Stored:
     corpus = Corpus()
     built = case.build(corpus)
-    data, media_type = built if isinstance(built, tuple) else (built, OCI_MANIFEST)
+    data, media_type = built if isinstance(built, tuple) else (built, MEDIA_TYPE_MANIFEST)
     repository = f"hostile/{name}"
     async with RegistryClient(server.host) as client:
         for digest, blob in corpus.blobs.items():
@@ -623,7 +627,7 @@ async def store_extreme(server: RegistryServer, repository: str, chunks: int, an
     async with RegistryClient(server.host) as client:
         for digest, blob in blobs.items():
             await client.upload_blob(repository, digest, blob)
-        await client.put_manifest(repository, "v1", manifest_bytes, OCI_MANIFEST)
+        await client.put_manifest(repository, "v1", manifest_bytes, MEDIA_TYPE_MANIFEST)
     return data
 
 

@@ -32,10 +32,11 @@ from ocifs.format.media import (
     EMPTY_JSON_DIGEST,
     MEDIA_TYPE_CHUNK,
     MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_MANIFEST,
 )
 from ocifs.format.model import EMPTY_DESCRIPTOR
 from ocifs.reference import parse_reference
-from ocifs.registry.client import OCI_MANIFEST, RegistryClient
+from ocifs.registry.client import RegistryClient
 
 CHUNK = 64 * 1024
 SIZES = {
@@ -432,12 +433,12 @@ async def put_raw_artifact(server: RegistryServer, repository: str, tag: str, la
             )
         manifest = {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
+            "mediaType": MEDIA_TYPE_MANIFEST,
             "artifactType": "application/vnd.test",
             "config": EMPTY_DESCRIPTOR.to_json(),
             "layers": descriptors,
         }
-        await client.put_manifest(repository, tag, json.dumps(manifest).encode(), OCI_MANIFEST)
+        await client.put_manifest(repository, tag, json.dumps(manifest).encode(), MEDIA_TYPE_MANIFEST)
     return f"{server.host}/{repository}:{tag}"
 
 

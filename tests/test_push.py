@@ -20,7 +20,7 @@ from support.registry import RegistryServer
 
 from ocifs.commands import push
 from ocifs.digest import Digest
-from ocifs.errors import OcifsError, RegistryError, UsageError
+from ocifs.errors import NotFound, OcifsError, RegistryError, UsageError
 from ocifs.format.media import ANNOTATION_TITLE
 from ocifs.format.model import ChunkedFile
 from ocifs.format.parse import parse_chunk_index, parse_manifest
@@ -164,7 +164,7 @@ async def test_skopeo_copy_keeps_the_artifact_readable(
     )
     assert await read_back(shared_registry, dst) == contents
     async with RegistryClient(shared_registry.host) as client:
-        assert (await client.head_manifest("push/copy-dst", "v1")) == result.manifest_digest
+        assert (await client.get_manifest("push/copy-dst", "v1")).digest == result.manifest_digest
 
 
 async def test_second_push_uploads_nothing_and_a_changed_region_only_its_chunks(
@@ -245,7 +245,8 @@ async def test_file_changing_during_push_writes_no_manifest(
     with pytest.raises(OcifsError, match="changed while it was being pushed"):
         await do_push(registry, f"{registry.host}/push/changing:v1", [path])
     async with RegistryClient(registry.host) as client:
-        assert await client.head_manifest("push/changing", "v1") is None
+        with pytest.raises(NotFound):
+            await client.get_manifest("push/changing", "v1")
 
 
 async def test_registry_refusing_the_manifest_is_one_clear_error(

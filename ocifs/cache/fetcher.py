@@ -2,9 +2,9 @@
 
 This module owns *how* a blob's bytes are obtained: single-flight per digest, bounded download
 concurrency, retries of corrupt or failed downloads, verification before anything is served or
-cached. It must not know about files, offsets or FUSE (the callers map those to digests), and
-of the registry package it imports only the stack's one backoff (``registry.retry``): the
-registry client satisfies :class:`BlobSource` structurally, and tests use in-memory fakes.
+cached. It must not know about files, offsets or FUSE (the callers map those to digests), or
+import the registry package: the registry client satisfies :class:`BlobSource` structurally,
+tests use in-memory fakes, and the backoff is the stack's one (:mod:`ocifs.retry`).
 
 Invariants:
 
@@ -45,13 +45,14 @@ from typing import Protocol
 import trio
 
 from ocifs.cache.store import ChunkCache
+from ocifs.concurrency import SingleFlight
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError, OcifsError, RegistryUnavailable
-from ocifs.registry.retry import backoff
+from ocifs.retry import backoff
 
 log = logging.getLogger(__name__)
 
-#: First retry waits up to this many seconds (full jitter, :func:`ocifs.registry.retry.backoff`,
+#: First retry waits up to this many seconds (full jitter, :func:`ocifs.retry.backoff`,
 #: the stack's one backoff), doubling per retry up to :data:`MAX_RETRY_DELAY`. The registry
 #: client already retries transport errors itself with backoff, so by the time a
 #: RegistryUnavailable reaches us the registry has been failing for a while: wait a little longer
@@ -117,22 +118,6 @@ class FetchStats:
     pending_writes: int = 0
 
 
-class _Flight:
-    """One digest being loaded by a leader task; waiters block on ``done``.
-
-    After ``done`` is set exactly one of ``result``/``error`` is set, or neither when the
-    leader was cancelled (waiters then try again themselves).
-    """
-
-    __slots__ = ("done", "error", "repository", "result")
-
-    def __init__(self, repository: str) -> None:
-        self.repository = repository
-        self.done = trio.Event()
-        self.result: bytes | None = None
-        self.error: OcifsError | None = None
-
-
 class Fetcher:
     """Fetches verified blobs through the cache; shared by pull and the mount.
 
@@ -161,7 +146,9 @@ class Fetcher:
         self.retries = retries
         self._retry_base_delay = retry_base_delay
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        self._flights: dict[Digest, _Flight] = {}
+        # One download per digest at a time. Waiters in the same repository share the leader's
+        # error; another repository's NotFound or denial says nothing about ours.
+        self._flights: SingleFlight[Digest, bytes] = SingleFlight()
         self._stats = FetchStats()
         # Write-behind state (see writing_behind): the nursery writes run in, the chunks
         # verified but not yet on disk, and their total size against the bound.
@@ -208,20 +195,11 @@ class Fetcher:
         data = self._from_memory(digest)
         if data is not None:
             return _check_size(digest, data, size)
-        while True:
-            flight = self._flights.get(digest)
-            if flight is None:
-                return _check_size(digest, await self._lead(repository, digest, size), size)
-            await flight.done.wait()
-            if flight.result is not None:
-                self._stats.coalesced += 1
-                return _check_size(digest, flight.result, size)
-            if flight.error is not None and flight.repository == repository:
-                # Every waiter raises the leader's exception object itself (as asyncio futures
-                # do): its traceback shows where the one real failure happened.
-                raise flight.error
-            # The leader was cancelled, or failed for another repository (whose NotFound or
-            # denial says nothing about ours): go round and load it ourselves.
+        data, led = await self._flights.run(digest, functools.partial(self._lead, repository, digest, size),
+                                            scope=repository)  # fmt: skip
+        if not led:
+            self._stats.coalesced += 1
+        return _check_size(digest, data, size)
 
     async def read(self, repository: str, digest: Digest, size: int | None, start: int, end: int) -> bytes | memoryview:
         """Bytes ``[start, end)`` of a chunk (cut short at its end, like slicing).
@@ -334,23 +312,12 @@ class Fetcher:
         )
 
     async def _lead(self, repository: str, digest: Digest, size: int | None) -> bytes:
-        """Load ``digest`` as the leader of its flight and publish the outcome to waiters."""
-        flight = _Flight(repository)
-        self._flights[digest] = flight
+        """Load ``digest`` as the leader of its flight; a failure counts once, here."""
         try:
-            data = await self._load(repository, digest, size)
-        except OcifsError as exc:
-            flight.error = exc
+            return await self._load(repository, digest, size)
+        except OcifsError:
             self._stats.errors += 1
             raise
-        else:
-            flight.result = data
-            return data
-        finally:
-            # Also on cancellation: the flight ends with neither result nor error and the
-            # waiters retry, so nobody waits forever on a leader that is gone.
-            del self._flights[digest]
-            flight.done.set()
 
     async def _load(self, repository: str, digest: Digest, size: int | None) -> bytes:
         get_disk = functools.partial(self.cache.get_disk, digest, size=size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import getpass
 import logging
 import os
@@ -25,7 +24,7 @@ from ocifs.commands.arguments import parse_size, positive_float, positive_int
 from ocifs.errors import OcifsError, UsageError, fd_exhaustion, fd_exhaustion_hint, first_error
 from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions, RedactUrls
-from ocifs.registry.retry import RetryPolicy
+from ocifs.retry import RetryPolicy
 
 log = logging.getLogger("ocifs")
 
@@ -394,20 +393,12 @@ def _report(exc: OcifsError) -> tuple[str, int]:
     the layer that met it reported (e.g. "cannot use output directory DIR: Too many open
     files"): exit 1 and say what to do, unless the error already does.
     """
-    fds = fd_exhaustion(exc, groups=False)
-    if fds is None:
-        # Some errors carry only the OSError's text (pull's "cannot write FILE: Too many open
-        # files" is built outside the except block and chains nothing).
-        fds = next((OSError(n, os.strerror(n)) for n in FD_TEXT if exc.message.endswith(os.strerror(n))), None)
+    fds = fd_exhaustion(exc, groups=False)  # every layer keeps the OSError as the cause
     if fds is None:
         return str(exc), exc.exit_code
     if exc.hint:
         return str(exc), 1
     return f"{exc.message}: {fd_exhaustion_hint(fds)}", 1
-
-
-#: ENFILE first: its text ("Too many open files in system") extends EMFILE's.
-FD_TEXT = (errno.ENFILE, errno.EMFILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

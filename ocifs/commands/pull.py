@@ -262,7 +262,11 @@ class _Run:
         self.bytes_from_cache = 0
         self.open_jobs: list[_FileJob] = []
 
-    def fail(self, exc: OcifsError) -> None:
+    def fail(self, exc: OcifsError, cause: BaseException | None = None) -> None:
+        """Record the pull's first error (``cause``: the exception it reports, kept as its
+        ``__cause__`` so a caller can still tell what happened) and cancel everything else."""
+        if cause is not None:
+            exc.__cause__ = cause
         if self.error is None:
             self.error = exc
         if self.scope is not None:
@@ -362,7 +366,7 @@ def _open_temp(target: TargetDir, job: _FileJob, open_jobs: list[_FileJob]) -> N
     try:
         job.dir_fd, job.name = target.open_parent(job.path)
     except OSError as exc:
-        raise OcifsError(f"cannot create the directory of {where}: {exc.strerror or exc}") from None
+        raise OcifsError(f"cannot create the directory of {where}: {exc.strerror or exc}") from exc
     open_jobs.append(job)
     job.temp_name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -370,7 +374,7 @@ def _open_temp(target: TargetDir, job: _FileJob, open_jobs: list[_FileJob]) -> N
         job.fd = os.open(job.temp_name, flags, 0o666, dir_fd=job.dir_fd)
     except OSError as exc:
         job.temp_name = ""
-        raise OcifsError(f"cannot create a file next to {where}: {exc.strerror or exc}") from None
+        raise OcifsError(f"cannot create a file next to {where}: {exc.strerror or exc}") from exc
     if job.size == 0:
         return
     try:
@@ -387,7 +391,7 @@ def _open_temp(target: TargetDir, job: _FileJob, open_jobs: list[_FileJob]) -> N
         if exc.errno == errno.ENOSPC:  # under a quota, the filesystem's free space says nothing
             st = os.fstatvfs(job.fd)
             free = f" ({job.size:,} bytes needed, {st.f_bavail * st.f_frsize:,} free)"
-        raise OcifsError(f"cannot write {where}: {exc.strerror or exc}{free}", hint=hint) from None
+        raise OcifsError(f"cannot write {where}: {exc.strerror or exc}{free}", hint=hint) from exc
 
 
 async def _worker(run: _Run, receive: trio.MemoryReceiveChannel[_Piece]) -> None:
@@ -403,7 +407,7 @@ async def _worker(run: _Run, receive: trio.MemoryReceiveChannel[_Piece]) -> None
                 await trio.to_thread.run_sync(pwrite_all, job.fd, data, piece.offset)
             except OSError as exc:  # the blocks were reserved, unless the filesystem cannot
                 hint = NO_SPACE_HINT if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
-                run.fail(OcifsError(f"cannot write {job.path!r}: {exc.strerror or exc}", hint=hint))
+                run.fail(OcifsError(f"cannot write {job.path!r}: {exc.strerror or exc}", hint=hint), exc)
                 return
             if cached:
                 run.bytes_from_cache += len(data)
@@ -464,7 +468,7 @@ async def _finisher(run: _Run, target: TargetDir, job: _FileJob) -> None:
     except OcifsError as exc:
         run.fail(exc)
     except OSError as exc:
-        run.fail(OcifsError(f"cannot write {target.show(job.path)}: {exc.strerror or exc}"))
+        run.fail(OcifsError(f"cannot write {target.show(job.path)}: {exc.strerror or exc}"), exc)
 
 
 async def _repair(run: _Run, job: _FileJob, got: str) -> None:

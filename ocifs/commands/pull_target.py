@@ -51,7 +51,7 @@ class TargetDir:
             self.root = root.resolve(strict=True)
             self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise UsageError(f"cannot use output directory {root}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot use output directory {root}: {exc.strerror or exc}") from exc
         self._cleaned: set[tuple[int, int]] = set()
 
     def close(self) -> None:

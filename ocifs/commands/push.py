@@ -32,12 +32,12 @@ from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, UsageError, collapse_groups
 from ocifs.format.build import build_chunk_index, build_manifest, is_chunked
-from ocifs.format.media import DEFAULT_ARTIFACT_TYPE, DEFAULT_CHUNK_SIZE, DEFAULT_LAYER_BUDGET
+from ocifs.format.media import DEFAULT_ARTIFACT_TYPE, DEFAULT_CHUNK_SIZE, DEFAULT_LAYER_BUDGET, MEDIA_TYPE_MANIFEST
 from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
 from ocifs.format.paths import check_paths, validate_path
 from ocifs.format.plan import plan_chunk_size
 from ocifs.reference import Reference, parse_reference, parse_repository
-from ocifs.registry.client import OCI_MANIFEST, ClientOptions, RegistryClient
+from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _lstat(path: Path) -> os.stat_result:
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file or directory") from None
     except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
+        raise UsageError(f"{path}: {exc.strerror}") from exc
 
 
 def _check_readable(path: Path) -> None:
@@ -187,7 +187,7 @@ def _check_readable(path: Path) -> None:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _walk_error(exc: OSError) -> None:
@@ -302,7 +302,7 @@ async def _finish(
         layer_budget=options.max_layers,
     )
     target = ref.tag or str(Digest.of_bytes(manifest))
-    digest = await client.put_manifest(ref.repository, target, manifest, OCI_MANIFEST)
+    digest = await client.put_manifest(ref.repository, target, manifest, MEDIA_TYPE_MANIFEST)
     return PushResult(
         reference=ref,
         manifest_digest=digest,
@@ -326,7 +326,7 @@ async def _read_file(
     try:
         fd = os.open(source.local, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise UsageError(f"cannot read {source.local}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {source.local}: {exc.strerror}") from exc
     try:
         if not result.chunked:
             data = await trio.to_thread.run_sync(_pread_exact, fd, source, 0, source.size)
@@ -527,7 +527,7 @@ def _read_config(path: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read --config {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read --config {path}: {exc.strerror}") from exc
     try:
         json.loads(data)
     except ValueError:

@@ -52,6 +52,7 @@ from ocifs.reference import parse_reference
 from ocifs.registry.client import ClientOptions
 from ocifs.registry.connect import connect
 from ocifs.registry.resolve import resolve
+from ocifs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class MountConfig:
     cache_dir: str | None = None
     cache_max_size: int | None = None
     cache_memory: int | None = None
-    fetch_retries: int = 2
+    fetch_retries: int = RetryPolicy().fetch_retries
     log_file: str | None = None
     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
     max_background: int = DEFAULT_MAX_BACKGROUND

@@ -42,9 +42,6 @@ from ocifs.errors import (
 from ocifs.format.media import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_BYTES,
-    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-    MEDIA_TYPE_IMAGE_INDEX,
-    MEDIA_TYPE_MANIFEST,
 )
 from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import repository_scope
@@ -54,15 +51,11 @@ from ocifs.registry.credentials import Credentials
 from ocifs.registry.engine import RequestEngine
 from ocifs.registry.failures import Failures
 from ocifs.registry.general import GeneralTransport
-from ocifs.registry.retry import RetryPolicy
 from ocifs.registry.transport import Answer, ClientStats, Request, SizeMismatch, content_range_total
+from ocifs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-# The names older callers import from here; the definitions live in ocifs.format.media.
-OCI_MANIFEST = MEDIA_TYPE_MANIFEST
-OCI_INDEX = MEDIA_TYPE_IMAGE_INDEX
-DOCKER_MANIFEST_LIST = MEDIA_TYPE_DOCKER_MANIFEST_LIST
 
 # Registries that refuse a monolithic PUT get the upload as PATCH pieces of this size:
 # GHCR rejects PATCH bodies over 4 MiB (docs/platform.md, "Registries in the field").
@@ -227,25 +220,6 @@ class RegistryClient:
         if not media_type:
             media_type = _media_type_of(data)
         return Manifest(data, media_type, digest)
-
-    async def head_manifest(self, repository: str, selector: str) -> Digest | None:
-        """The digest of a manifest (from ``Docker-Content-Digest``), or None if it does not exist."""
-        try:
-            answer = await self._engine.send(
-                Request(
-                    "HEAD",
-                    f"/v2/{repository}/manifests/{selector}",
-                    f"manifest {selector}",
-                    discard,
-                    repository=repository,
-                    actions="pull",
-                    headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-                )
-            )
-        except NotFound:
-            return None
-        header = answer.headers.get("docker-content-digest")
-        return Digest.parse(header) if header else None
 
     async def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> Digest:
         """Store ``data`` under a tag or its digest; returns the digest (sha256 of the bytes)."""

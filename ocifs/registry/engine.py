@@ -3,7 +3,7 @@
 :meth:`RequestEngine.send` takes a :class:`~ocifs.registry.transport.Request`, sends each
 attempt on the threaded transport when it carries the request (large blob bodies) and on the
 general one (httpx) otherwise, answers a 401 challenge once, retries what
-:mod:`ocifs.registry.retry` calls temporary under the client's one :class:`RetryPolicy`, and
+:mod:`ocifs.retry` calls temporary under the client's one :class:`RetryPolicy`, and
 turns what is left into an :mod:`ocifs.errors` exception (:mod:`ocifs.registry.failures`),
 with the transport's exception as its cause. Higher layers retry only what this loop cannot:
 a new upload session (``upload_blob``), and a chunk that stays unavailable or arrives corrupt
@@ -25,8 +25,9 @@ from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_c
 from ocifs.registry.blobio import ThreadedTransport
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.failures import Failures, describe_transport_error, redirect_reason
-from ocifs.registry.retry import RetryPolicy, is_retryable_exception, is_retryable_status
+from ocifs.registry.transient import is_retryable_exception, is_retryable_status
 from ocifs.registry.transport import Answer, ClientStats, RedirectError, Request, SizeMismatch, Transport
+from ocifs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 
 Owns: the messages and hints (the hostile-server and fault suites hold them word for word), the
 rendering of a registry's error body, of a transport failure and of untrusted text. Must not:
-send requests or decide whether to retry (:mod:`ocifs.registry.retry` decides, the request
+send requests or decide whether to retry (:mod:`ocifs.retry` decides, the request
 engine retries). Third-party exceptions stay attached as the cause (``raise … from exc``), so a
 caller inspects the cause chain (:func:`ocifs.errors.find_cause`), never message text.
 """
@@ -29,7 +29,7 @@ from ocifs.errors import (
     fd_exhaustion_hint,
     find_cause,
 )
-from ocifs.registry.retry import is_certificate_failure, is_retryable_status
+from ocifs.registry.transient import is_certificate_failure, is_retryable_status
 from ocifs.registry.transport import BodyLengthError, SizeMismatch
 
 # Of a registry's words, at most this many characters reach a message (one readable line).

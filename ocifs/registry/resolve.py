@@ -12,10 +12,11 @@ import logging
 from dataclasses import dataclass
 
 from ocifs.errors import FormatError
+from ocifs.format.media import MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_IMAGE_INDEX
 from ocifs.format.model import Artifact
 from ocifs.format.parse import parse_manifest
 from ocifs.reference import Reference
-from ocifs.registry.client import DOCKER_MANIFEST_LIST, OCI_INDEX, RegistryClient
+from ocifs.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Resolved:
 async def resolve(client: RegistryClient, ref: Reference) -> Resolved:
     """Fetch and validate the manifest ``ref`` names; raise FormatError for anything but an artifact."""
     manifest = await client.get_manifest(ref.repository, ref.selector)
-    if manifest.media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST):
+    if manifest.media_type in (MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_DOCKER_MANIFEST_LIST):
         raise FormatError(
             f"{ref} is an image index (multi-platform image), not a single artifact",
             hint="name one of its manifests by digest",

@@ -1,32 +1,20 @@
-"""The one place that decides what is a temporary failure and how long to wait before retrying,
-and the one backoff function of the whole stack (the request engine and the fetcher use it; how
-their retries compose is written down in docs/requests.md).
+"""The retry policy of the whole stack: how many attempts, and how long to wait between them.
 
-Retried: connection-level failures (refused, reset, timeouts, bodies cut short of their
-``Content-Length``), HTTP 408, 429 and 5xx except 501 (not implemented is permanent). Everything
-else fails at once — notably a *complete* blob body whose length is not the descriptor's size:
-the artifact or the registry is inconsistent, and no retry changes that (the client raises
-:class:`~ocifs.errors.BlobSizeMismatch`). A connection that fails because the process is out of
-file descriptors (EMFILE/ENFILE) is retried too (other requests end and give theirs back), but
-reported as what it is, not as a network problem. A certificate that fails verification is not
-retried: the same certificate comes back every time. The wait is exponential backoff with full
-jitter (AWS architecture blog, "Exponential Backoff and Jitter"), unless the server sent
-``Retry-After``, which is honoured up to ``max_delay``.
+One :class:`RetryPolicy` drives the registry client's request engine and the fetcher's whole-
+chunk retries (docs/requests.md says how the two compose); :func:`backoff` is the one backoff
+function. Which failures are worth a retry is the registry layer's decision
+(:mod:`ocifs.registry.transient`), because it knows the transports. A leaf: pure, no I/O.
+
+The wait is exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff
+and Jitter"), unless the server sent ``Retry-After``, which is honoured up to ``max_delay``.
 """
 
 from __future__ import annotations
 
 import email.utils
 import random
-import ssl
 import time
 from dataclasses import dataclass
-
-import httpx
-
-from ocifs.errors import find_cause
-
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,35 +60,6 @@ def backoff(retry_number: int, base_delay: float, max_delay: float, rng: random.
     come back in the same instant. ``retry_number`` is 1 for the first retry."""
     ceiling = min(max_delay, base_delay * (2 ** (retry_number - 1)))
     return (rng or random).uniform(0, ceiling)
-
-
-def is_retryable_status(status: int) -> bool:
-    """Whether an HTTP status means "try again later" rather than "this will never work"."""
-    return status in RETRYABLE_STATUS
-
-
-def is_retryable_exception(exc: BaseException) -> bool:
-    """Whether a transport's failure is transient.
-
-    From httpx: ``httpx.TransportError`` covers connect/read/write errors, timeouts and protocol
-    errors (e.g. a body shorter than its Content-Length); unsupported-protocol and proxy
-    configuration errors are permanent. From the threaded transport (which reports only socket
-    errors, ``http.client`` errors and bodies cut short; wrong sizes and bad redirects are
-    decided before this): all transient. A failed certificate verification never is.
-    """
-    if is_certificate_failure(exc):
-        return False
-    if isinstance(exc, httpx.HTTPError):
-        return isinstance(exc, httpx.TransportError) and not isinstance(
-            exc, httpx.UnsupportedProtocol | httpx.ProxyError
-        )
-    return True
-
-
-def is_certificate_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it: trio and httpx wrap it) is a failed certificate
-    verification — wrong CA, wrong name, expired — which no retry changes."""
-    return find_cause(exc, ssl.SSLCertVerificationError) is not None
 
 
 def parse_retry_after(value: str | None) -> float | None:
