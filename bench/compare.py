@@ -78,9 +78,9 @@ def run_once(tree: Path, run_args: list[str]) -> dict[Key, dict[str, Any]]:
 def table(base: str, head: str, runs: dict[str, list[dict[Key, dict[str, Any]]]]) -> str:
     keys = sorted({k for r in runs[base] + runs[head] for k in r})
     lines = [
-        f"| suite | tool | settings | size | storage | CPU s/GiB {base} | CPU s/GiB {head} | ratio"
+        f"| suite | tool | settings | size | storage | network | CPU s/GiB {base} | CPU s/GiB {head} | ratio"
         f" | MiB/s {base} | MiB/s {head} |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for key in keys:
         cpu = {rev: [r[key]["client_cpu_s_per_gib"] for r in runs[rev] if key in r] for rev in (base, head)}
@@ -93,9 +93,9 @@ def table(base: str, head: str, runs: dict[str, list[dict[Key, dict[str, Any]]]]
             return mid if len(values) == 1 else f"{mid} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
         ratio = median(cpu[head]) / median(cpu[base]) if median(cpu[base]) else float("nan")
-        suite, tool, settings, size, storage, _ = key
+        suite, tool, settings, size, storage, network = key
         lines.append(
-            f"| {suite} | {tool} | {settings} | {size >> 20} MiB | {storage} | {show(cpu[base], 2)} |"
+            f"| {suite} | {tool} | {settings} | {size >> 20} MiB | {storage} | {network} | {show(cpu[base], 2)} |"
             f" {show(cpu[head], 2)} | {ratio:.2f} | {show(rate[base], 0)} | {show(rate[head], 0)} |"
         )
     return "\n".join(lines)
