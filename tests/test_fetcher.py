@@ -395,7 +395,8 @@ async def test_two_processes_sharing_a_cache_download_a_chunk_once(tmp_path: Pat
     results: list[bytes] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: _append(results, first.get(REPO, digest, len(data))))
-        await trio.sleep(0.05)  # the first one holds the claim and is downloading
+        with trio.fail_after(10):
+            await first_source.entered.wait()  # the first one holds the claim and is downloading
         nursery.start_soon(lambda: _append(results, second.get(REPO, digest, len(data))))
     assert results == [data, data]
     assert first_source.calls[digest] + second_source.calls[digest] == 1
