@@ -3,7 +3,8 @@
 :meth:`RequestEngine.send` takes a :class:`~ocifs.registry.transport.Request`, sends each
 attempt on the threaded transport when it carries the request (large blob bodies) and on the
 general one (httpx) otherwise, answers a 401 challenge once, retries what
-:mod:`ocifs.retry` calls temporary under the client's one :class:`RetryPolicy`, and
+:mod:`ocifs.registry.transient` calls temporary under the client's one
+:class:`~ocifs.retry.RetryPolicy`, and
 turns what is left into an :mod:`ocifs.errors` exception (:mod:`ocifs.registry.failures`),
 with the transport's exception as its cause. Higher layers retry only what this loop cannot:
 a new upload session (``upload_blob``), and a chunk that stays unavailable or arrives corrupt
