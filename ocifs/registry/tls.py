@@ -169,10 +169,10 @@ def _read_certs_d(directory: Path) -> tuple[list[str], list[tuple[str, str]]]:
 def _add_ca(context: ssl.SSLContext, path: str, what: str) -> None:
     try:
         context.load_verify_locations(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise UsageError(f"{what} holds no PEM certificate") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
-    except ssl.SSLError:
-        raise UsageError(f"{what} holds no PEM certificate") from None
 
 
 def _load_client(context: ssl.SSLContext, cert: str, key: str) -> None:
