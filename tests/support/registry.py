@@ -383,7 +383,8 @@ class RegistryServer:
         return self._proc is not None and self._proc.poll() is None
 
     def verify(self) -> ssl.SSLContext | bool:
-        """The ``verify=`` argument for an httpx client: a context trusting the CA, or True."""
+        """The ``verify=`` argument for an httpx client: a context trusting the CA (and showing
+        the client certificate of a ``client_ca`` registry), or True."""
         if self.tls is None:
             return True
         context = self.tls.client_context()
