@@ -16,9 +16,14 @@ Schema (all keys optional)::
     retries = 5                  # attempts per request
     read_timeout = 60            # seconds without a byte before a request is abandoned and retried
 
+    [tls]
+    certs_d = "/etc/ocifs/certs.d"   # read <dir>/<host[:port]>/ like /etc/docker/certs.d
+
     [registry."registry.example.com:5000"]
     plain_http = false
-    ca_file = "/etc/ocifs/ca.pem"
+    ca_file = "/etc/ocifs/ca.pem"    # trusted in addition to the system store
+    cert_file = "/etc/ocifs/client.pem"   # client certificate (mTLS) ...
+    key_file = "/etc/ocifs/client.key"    # ... and its key
     insecure = false
 """
 
@@ -43,6 +48,8 @@ class RegistrySettings:
 
     plain_http: bool = False
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     insecure: bool = False
 
 
@@ -56,6 +63,7 @@ class Settings:
     jobs: int | None = None
     retries: int | None = None
     read_timeout: float | None = None
+    certs_d: str | None = None
     registries: dict[str, RegistrySettings] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
 
@@ -102,20 +110,24 @@ def _parse(path: Path, text: str) -> Settings:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     checker = _Checker(path, text)
-    checker.keys(data, {"cache", "transfer", "registry"}, "")
+    checker.keys(data, {"cache", "transfer", "registry", "tls"}, "")
     cache = checker.table(data, "cache")
     checker.keys(cache, {"dir", "max_size", "memory"}, "cache")
     transfer = checker.table(data, "transfer")
     checker.keys(transfer, {"jobs", "retries", "read_timeout"}, "transfer")
+    tls = checker.table(data, "tls")
+    checker.keys(tls, {"certs_d"}, "tls")
     registries: dict[str, RegistrySettings] = {}
     for host, table in checker.table(data, "registry").items():
         where = f'registry."{host}"'
         if not isinstance(table, dict):
             raise checker.error(host, f"{where} must be a table")
-        checker.keys(table, {"plain_http", "ca_file", "insecure"}, where)
+        checker.keys(table, {"plain_http", "ca_file", "cert_file", "key_file", "insecure"}, where)
         registries[host] = RegistrySettings(
             plain_http=checker.boolean(table, "plain_http", where),
             ca_file=checker.string(table, "ca_file", where),
+            cert_file=checker.string(table, "cert_file", where),
+            key_file=checker.string(table, "key_file", where),
             insecure=checker.boolean(table, "insecure", where),
         )
     return Settings(
@@ -125,6 +137,7 @@ def _parse(path: Path, text: str) -> Settings:
         jobs=checker.positive(transfer, "jobs", "transfer"),
         retries=checker.positive(transfer, "retries", "transfer"),
         read_timeout=checker.seconds(transfer, "read_timeout", "transfer"),
+        certs_d=checker.string(tls, "certs_d", "tls"),
         registries=registries,
         sources=(str(path),),
     )
@@ -141,6 +154,7 @@ def _merge(base: Settings, top: Settings) -> Settings:
         jobs=top.jobs or base.jobs,
         retries=top.retries or base.retries,
         read_timeout=top.read_timeout or base.read_timeout,
+        certs_d=top.certs_d or base.certs_d,
         registries=registries,
         sources=base.sources + top.sources,
     )

@@ -52,11 +52,14 @@ def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
     if hasattr(args, "cache_max_size") and args.cache_max_size is None:
         args.cache_max_size = settings.cache_max_size
     args.cache_memory = settings.cache_memory
+    args.certs_d = settings.certs_d
     host = _registry_of(args)
     if host is not None and hasattr(args, "plain_http"):
         registry = settings.registry(host)
         args.plain_http = args.plain_http or registry.plain_http
         args.ca_file = args.ca_file or registry.ca_file
+        if not (args.cert_file or args.key_file):  # a certificate and its key come from one place
+            args.cert_file, args.key_file = registry.cert_file, registry.key_file
         args.insecure = args.insecure or registry.insecure
 
 
@@ -76,7 +79,11 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
     jobs = getattr(args, "jobs", None) or DEFAULT_JOBS
     return ClientOptions(
         plain_http=args.plain_http,
-        ca_file=args.ca_file,
+        # Absolute: a mount's daemon leaves the working directory.
+        ca_file=_absolute(args.ca_file),
+        cert_file=_absolute(getattr(args, "cert_file", None)),
+        key_file=_absolute(getattr(args, "key_file", None)),
+        certs_d=(args.certs_d,) if getattr(args, "certs_d", None) else (),
         insecure=args.insecure,
         max_connections=max(8, jobs * 2),
         retry=RetryPolicy(attempts=args.retries or DEFAULT_RETRIES),
@@ -84,10 +91,18 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
     )
 
 
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
 def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("registry connection")
     group.add_argument("--plain-http", action="store_true", help="use HTTP, not HTTPS (automatic for loopback)")
-    group.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
+    group.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA too (besides the system store and certs.d) for the registry"
+    )
+    group.add_argument("--cert-file", metavar="PEM", help="client certificate for registries that ask for one (mTLS)")
+    group.add_argument("--key-file", metavar="PEM", help="the key of --cert-file (if not in the same file)")
     group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
     group.add_argument("--retries", type=positive_int, default=None, help="attempts per request (default 5)")
     group.add_argument(

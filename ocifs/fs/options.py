@@ -21,6 +21,8 @@ OCIFS_OPTIONS: dict[str, bool] = {
     "retries": True,
     "read_timeout": True,
     "ca_file": True,
+    "cert_file": True,
+    "key_file": True,
     "read_ahead_kb": True,
     "plain_http": False,
     "insecure": False,

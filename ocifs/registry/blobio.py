@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import trio
 
 from ocifs.errors import FD_EXHAUSTION
+from ocifs.registry.tls import default_context
 from ocifs.registry.transport import (
     UPLOAD_SLICE,
     Answer,
@@ -138,13 +139,9 @@ class FastBlobReader:
         self._connector = connector
         self._origin = _origin_of(parts.scheme, parts.hostname or "", parts.port)
         self._timeout = timeout
-        if isinstance(verify, ssl.SSLContext):
-            self._context = verify
-        else:
-            self._context = ssl.create_default_context()
-            if not verify:  # --insecure: TLS without verification, as the httpx path does
-                self._context.check_hostname = False
-                self._context.verify_mode = ssl.CERT_NONE
+        # The client's one TLS configuration (ocifs.registry.tls); a bool (tests) is the system
+        # store, or no verification for False, as tls.py builds them.
+        self._context = verify if isinstance(verify, ssl.SSLContext) else default_context(verified=verify)
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self.enabled = not _proxied(parts.scheme, self._origin[1])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,6 @@ from ocifs.errors import (
     OcifsError,
     RegistryError,
     RegistryUnavailable,
-    UsageError,
 )
 from ocifs.format.media import (
     MANIFEST_MEDIA_TYPES,
@@ -51,6 +49,7 @@ from ocifs.registry.credentials import Credentials
 from ocifs.registry.engine import RequestEngine
 from ocifs.registry.failures import Failures
 from ocifs.registry.general import GeneralTransport
+from ocifs.registry.tls import build_trust
 from ocifs.registry.transport import Answer, ClientStats, Request, SizeMismatch, content_range_total
 from ocifs.retry import RetryPolicy
 
@@ -67,12 +66,18 @@ _FALLBACK_TO_PATCH_STATUS = frozenset({400, 405, 411, 413, 416})
 class ClientOptions:
     """How to reach a registry.
 
-    Plain HTTP is used for loopback registries unless a CA file or ``insecure`` asks for TLS,
+    Plain HTTP is used for loopback registries unless a CA file, a client certificate or
+    ``insecure`` asks for TLS,
     and elsewhere only with ``plain_http``. TLS is verified unless ``insecure``.
     """
 
     plain_http: bool = False
+    # TLS (ocifs.registry.tls): CAs added to the system store, the client certificate, more
+    # certs.d directories; insecure: no verification.
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    certs_d: tuple[str, ...] = ()
     insecure: bool = False
     connect_timeout: float = 10.0
     # A stalled body is abandoned after this long without a byte, then retried.
@@ -83,7 +88,7 @@ class ClientOptions:
     def scheme_for(self, registry: str) -> str:
         if self.plain_http:
             return "http"
-        if is_loopback_host(registry) and not (self.ca_file or self.insecure):
+        if is_loopback_host(registry) and not (self.ca_file or self.cert_file or self.insecure):
             return "http"
         return "https"
 
@@ -121,8 +126,17 @@ class RegistryClient:
         self.options = options or ClientOptions()
         self.base_url = f"{self.options.scheme_for(registry)}://{registry}"
         self.stats = ClientStats()
-        # One TLS context for both transports (a --ca-file is read once).
-        verify = _ssl_context(self.options) if transport is None else True
+        # One TLS configuration for both transports, redirect targets included (files read once).
+        o = self.options
+        trust = build_trust(
+            registry,
+            ca_file=o.ca_file,
+            cert_file=o.cert_file,
+            key_file=o.key_file,
+            insecure=o.insecure,
+            certs_d=o.certs_d,
+        )
+        verify = trust.context
         general = GeneralTransport(
             registry,
             self.base_url,
@@ -140,6 +154,7 @@ class RegistryClient:
             plain_http=self.base_url.startswith("http://"),
             plain_http_asked=self.options.plain_http,
             attempts=self.options.retry.attempts,
+            trust=trust,
         )
         threaded = ThreadedTransport(fast, self.stats) if fast is not None else None
         self._engine = RequestEngine(
@@ -481,17 +496,6 @@ class RegistryClient:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
-    if options.insecure:
-        return False
-    if options.ca_file:
-        try:
-            return ssl.create_default_context(cafile=options.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"cannot use CA file {options.ca_file}: {exc}") from None
-    return True
 
 
 def _media_type_of(data: bytes) -> str:

@@ -29,6 +29,7 @@ from ocifs.errors import (
     fd_exhaustion_hint,
     find_cause,
 )
+from ocifs.registry.tls import Trust
 from ocifs.registry.transient import is_certificate_failure, is_retryable_status
 from ocifs.registry.transport import BodyLengthError, SizeMismatch
 
@@ -45,6 +46,7 @@ class Failures:
     plain_http: bool  # the client speaks plain HTTP to the registry
     plain_http_asked: bool  # … because the user asked for it (--plain-http)
     attempts: int  # of the retry policy, for "after N attempts"
+    trust: Trust | None = None  # the TLS configuration, for what to check when a handshake fails
 
     def for_status(
         self, status: int, body: bytes, headers: Mapping[str, str], repository: str | None, what: str
@@ -103,9 +105,11 @@ class Failures:
         :class:`RegistryUnavailable` (which callers such as the fetcher retry later) only when a
         later try could work; a certificate that fails verification is the same next time."""
         message = f"{self.registry}: {what} failed: {describe_transport_error(exc)}"
+        tls = ssl_cause(exc)
+        hint = self.trust.hint(tls) if tls is not None and self.trust is not None else unreachable_hint(exc)
         if is_certificate_failure(exc):
-            return RegistryError(message, hint=unreachable_hint(exc))
-        return RegistryUnavailable(message, hint=unreachable_hint(exc))
+            return RegistryError(message, hint=hint)
+        return RegistryUnavailable(message, hint=hint)
 
     def redirect(self, what: str, reason: str) -> RegistryError:
         """Redirects that cannot lead anywhere: a loop, or to a URL that is not http(s). Not

@@ -57,7 +57,7 @@ class GeneralTransport:
         self,
         registry: str,
         base_url: str,
-        verify: ssl.SSLContext | bool,
+        verify: ssl.SSLContext,
         *,
         connect_timeout: float,
         read_timeout: float,
@@ -67,7 +67,7 @@ class GeneralTransport:
         self._registry = registry
         self._http = httpx.AsyncClient(
             base_url=base_url,
-            verify=verify,
+            verify=verify,  # the client's one TLS configuration (ocifs.registry.tls), never certifi
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=True,

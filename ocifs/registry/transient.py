@@ -8,7 +8,8 @@ the artifact or the registry is inconsistent, and no retry changes that (the cli
 :class:`~ocifs.errors.BlobSizeMismatch`). A connection that fails because the process is out of
 file descriptors (EMFILE/ENFILE) is retried too (other requests end and give theirs back), but
 reported as what it is, not as a network problem. A certificate that fails verification is not
-retried: the same certificate comes back every time.
+retried: the same certificate comes back every time; nor is a handshake the server ended over the
+client certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ssl
 import httpx
 
 from ocifs.errors import find_cause
+from ocifs.registry.tls import is_client_certificate_refused
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -47,5 +49,9 @@ def is_retryable_exception(exc: BaseException) -> bool:
 
 def is_certificate_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it: trio and httpx wrap it) is a failed certificate
-    verification — wrong CA, wrong name, expired — which no retry changes."""
-    return find_cause(exc, ssl.SSLCertVerificationError) is not None
+    verification — wrong CA, wrong name, expired — or a server refusing the client certificate
+    (or its absence), which no retry changes."""
+    if find_cause(exc, ssl.SSLCertVerificationError) is not None:
+        return True
+    tls = find_cause(exc, ssl.SSLError)
+    return tls is not None and is_client_certificate_refused(tls)

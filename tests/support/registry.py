@@ -174,6 +174,61 @@ def make_tls_material(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "l
     return material
 
 
+@dataclass(frozen=True, slots=True)
+class ClientMaterial:
+    """A client CA (for the registry's ``http.tls.clientcas``) and a client certificate it
+    signed, as PEM files: what a registry requiring mTLS trusts and what a client presents."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def load_into(self, context: ssl.SSLContext) -> ssl.SSLContext:
+        """``context`` presenting the client certificate."""
+        context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
+def make_client_material(directory: Path, name: str = "ocifs test client") -> ClientMaterial:
+    """Create a P-256 client CA and a client certificate (``clientAuth``) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ocifs test client CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    material = ClientMaterial(directory / "client-ca.crt", directory / "client.cert", directory / "client.key")
+    material.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    material.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    material.key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    material.key_file.chmod(0o600)
+    return material
+
+
 # -- the registry ------------------------------------------------------------------------------
 
 _live_servers: weakref.WeakSet[RegistryServer] = weakref.WeakSet()
@@ -203,6 +258,8 @@ class RegistryServer:
     refuses pushes with 405 UNSUPPORTED; the upstream may use Bearer auth, not Basic).
     ``storage_in_shm`` puts the storage under /dev/shm (removed on :meth:`close`).
     ``relative_urls`` sets ``http.relativeurls`` (relative ``Location`` headers).
+    ``client_ca`` (with TLS) sets ``http.tls.clientcas``: the registry then refuses every
+    client that does not present a certificate signed by that :class:`ClientMaterial`'s CA.
     ``extra_config`` is deep-merged into the generated configuration last.
 
     Attributes: ``port``, ``host`` ("127.0.0.1:PORT"), ``url`` ("http(s)://127.0.0.1:PORT"),
@@ -227,6 +284,7 @@ class RegistryServer:
         proxy_remote: RegistryServer | None = None,
         storage_in_shm: bool = False,
         relative_urls: bool = False,
+        client_ca: ClientMaterial | None = None,
         extra_config: Mapping[str, Any] | None = None,
         port: int | None = None,
         startup_timeout: float = 20.0,
@@ -256,6 +314,9 @@ class RegistryServer:
             raise ValueError("a 2.8 pull-through proxy cannot log in to a Basic-auth upstream; use Bearer")
         self.proxy_remote = proxy_remote
         self.relative_urls = relative_urls
+        if client_ca is not None and self.tls is None:
+            raise ValueError("a client CA needs tls")
+        self.client_ca = client_ca
         self.extra_config = dict(extra_config or {})
         self._shm_dir: Path | None = None
         if storage_in_shm:
@@ -322,8 +383,12 @@ class RegistryServer:
         return self._proc is not None and self._proc.poll() is None
 
     def verify(self) -> ssl.SSLContext | bool:
-        """The ``verify=`` argument for an httpx client: a context trusting the CA, or True."""
-        return self.tls.client_context() if self.tls else True
+        """The ``verify=`` argument for an httpx client: a context trusting the CA (and showing
+        the client certificate of a ``client_ca`` registry), or True."""
+        if self.tls is None:
+            return True
+        context = self.tls.client_context()
+        return self.client_ca.load_into(context) if self.client_ca is not None else context
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -385,6 +450,8 @@ class RegistryServer:
         }
         if self.tls is not None:
             cfg["http"]["tls"] = {"certificate": str(self.tls.cert_file), "key": str(self.tls.key_file)}
+            if self.client_ca is not None:
+                cfg["http"]["tls"]["clientcas"] = [str(self.client_ca.ca_file)]
         if self.basic_auth is not None:
             htpasswd = self.work_dir / "htpasswd"
             htpasswd.write_text(
@@ -547,6 +614,7 @@ class RegistryServer:
                 ("basic", self.basic_auth is not None),
                 ("token", self.token_server is not None),
                 ("proxy", self.proxy_remote is not None),
+                ("mtls", self.client_ca is not None),
             )
             if on
         )
