@@ -25,6 +25,9 @@ Schema (all keys optional)::
     cert_file = "/etc/ocifs/client.pem"   # client certificate (mTLS) ...
     key_file = "/etc/ocifs/client.key"    # ... and its key
     insecure = false
+    max_layers = 250             # layers per manifest this registry accepts (push grows chunks to fit)
+    artifact_type = "application/vnd.ocifs.artifact.v1"  # or "none": omit artifactType
+    config_media_type = "application/vnd.oci.image.config.v1+json"  # for allow-listing registries
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class RegistrySettings:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
+    # push: the layer budget, artifactType and config media type (docs/operations.md "Registry limits")
+    max_layers: int | None = None
+    artifact_type: str | None = None
+    config_media_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +129,17 @@ def _parse(path: Path, text: str) -> Settings:
         where = f'registry."{host}"'
         if not isinstance(table, dict):
             raise checker.error(host, f"{where} must be a table")
-        checker.keys(table, {"plain_http", "ca_file", "cert_file", "key_file", "insecure"}, where)
+        push_keys = {"max_layers", "artifact_type", "config_media_type"}
+        checker.keys(table, {"plain_http", "ca_file", "cert_file", "key_file", "insecure"} | push_keys, where)
         registries[host] = RegistrySettings(
             plain_http=checker.boolean(table, "plain_http", where),
             ca_file=checker.string(table, "ca_file", where),
             cert_file=checker.string(table, "cert_file", where),
             key_file=checker.string(table, "key_file", where),
             insecure=checker.boolean(table, "insecure", where),
+            max_layers=checker.positive(table, "max_layers", where),
+            artifact_type=checker.string(table, "artifact_type", where),
+            config_media_type=checker.string(table, "config_media_type", where),
         )
     return Settings(
         cache_dir=checker.string(cache, "dir", "cache"),

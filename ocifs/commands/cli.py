@@ -61,6 +61,11 @@ def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
         if not (args.cert_file or args.key_file):  # a certificate and its key come from one place
             args.cert_file, args.key_file = registry.cert_file, registry.key_file
         args.insecure = args.insecure or registry.insecure
+    if host is not None and hasattr(args, "max_layers"):  # push: the registry's limits and allow-lists
+        registry = settings.registry(host)
+        args.configured_max_layers = registry.max_layers
+        args.artifact_type = args.artifact_type or registry.artifact_type
+        args.config_media_type = args.config_media_type or registry.config_media_type
 
 
 def _registry_of(args: argparse.Namespace) -> str | None:
@@ -149,15 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="push files and directories as a chunked artifact")
     p.add_argument("reference", help="REGISTRY/REPOSITORY:TAG")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to push")
-    p.add_argument("--chunk-size", type=parse_size, default=None, help="chunk size (default 16M)")
-    p.add_argument("--max-layers", type=positive_int, default=None, help="layer budget per manifest (default 10000)")
+    p.add_argument(
+        "--chunk-size", type=parse_size, default=None, help="chunk size, kept as given (default 16M, grown to fit)"
+    )
+    p.add_argument(
+        "--max-layers",
+        type=positive_int,
+        default=None,
+        help="layer budget per manifest (default: max_layers of the registry in config.toml, a known cap, or 10000)",
+    )
     p.add_argument("-j", "--jobs", type=positive_int, default=None, help="parallel uploads (default 8)")
     p.add_argument("--from", dest="mount_from", metavar="REPO", help="mount chunks from this repository if there")
     p.add_argument("--no-file-digest", action="store_true", help="skip the whole-file sha256")
-    p.add_argument("--artifact-type", help="the manifest's artifactType")
+    p.add_argument("--artifact-type", help="the manifest's artifactType ('none': omit it; needs --config-media-type)")
     p.add_argument("--annotation", action="append", default=[], metavar="K=V", help="manifest annotation")
     p.add_argument("--config", metavar="FILE", help="a config blob (JSON) instead of the empty one")
-    p.add_argument("--config-media-type", default="application/vnd.oci.image.config.v1+json")
+    p.add_argument(
+        "--config-media-type", help="the config's media type (with --config default: the OCI image config's)"
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     _add_registry_flags(p)
     p.set_defaults(handler=_cmd_push)

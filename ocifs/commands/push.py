@@ -11,6 +11,12 @@ registry already has it (dedup; a re-run resumes), else upload it, mounting from
 when possible. Only after every blob is stored are the chunk indexes and then the manifest
 pushed, so a manifest never points at a blob that is not there (the registry checks too).
 A file that changes while it is read aborts the push before any manifest is written.
+
+Registry limits are checked before a byte is sent: the layer budget (``--max-layers``, the
+registry's ``max_layers`` in config.toml, or a known cap such as ECR's) and the chunk size; a
+manifest that cannot fit is refused in one line. A blob collected by the registry's garbage
+collector between the HEAD that found it and the manifest PUT (``MANIFEST_BLOB_UNKNOWN``) is
+uploaded again from the files and the PUT retried (docs/operations.md "Registry limits").
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -30,9 +37,17 @@ import trio
 
 from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
-from ocifs.errors import OcifsError, UsageError, collapse_groups
+from ocifs.errors import OcifsError, RegistryError, UsageError, collapse_groups
 from ocifs.format.build import build_chunk_index, build_manifest, is_chunked
-from ocifs.format.media import DEFAULT_ARTIFACT_TYPE, DEFAULT_CHUNK_SIZE, DEFAULT_LAYER_BUDGET, MEDIA_TYPE_MANIFEST
+from ocifs.format.checks import check_media_type
+from ocifs.format.media import (
+    DEFAULT_ARTIFACT_TYPE,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_LAYER_BUDGET,
+    MAX_CHUNK_SIZE,
+    MAX_LAYERS,
+    MEDIA_TYPE_MANIFEST,
+)
 from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
 from ocifs.format.paths import check_paths, validate_path
 from ocifs.format.plan import plan_chunk_size
@@ -47,6 +62,64 @@ log = logging.getLogger(__name__)
 # >=100 MB (docs/platform.md, "Registries in the field"). Measured choice in docs/benchmarks.md.
 DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
+# The config media type when --config gives a config blob and no --config-media-type.
+IMAGE_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+# Manifest PUTs retried after re-uploading blobs a garbage collection removed under the push.
+GC_RETRIES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class KnownLimit:
+    """A layer cap of a registry recognisable by its host name, with the evidence for it."""
+
+    host: re.Pattern[str]
+    max_layers: int
+    registry: str
+
+
+# Amazon ECR documents no layers-per-image quota ("Amazon ECR service quotas",
+# https://docs.aws.amazon.com/AmazonECR/latest/userguide/service-quotas.html), yet refuses larger
+# manifests with "Limit on number of layers per image exceeded": users measured 500
+# (github.com/spinframework/spin/issues/1787, github.com/nuonco/nuon/pull/2348) and one hit it with
+# ~300 layers (github.com/openai/tart/issues/890). 250 stays below every report.
+KNOWN_LIMITS = (
+    KnownLimit(
+        re.compile(r"[0-9]{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?(:[0-9]+)?", re.IGNORECASE),
+        250,
+        "Amazon ECR",
+    ),
+)
+
+
+def known_limit(host: str) -> KnownLimit | None:
+    """The known layer cap of the registry at ``host`` (``name[:port]``), if it has one."""
+    return next((limit for limit in KNOWN_LIMITS if limit.host.fullmatch(host)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBudget:
+    layers: int
+    source: str  # where the number came from, for messages
+
+
+def layer_budget(host: str, flag: int | None, configured: int | None) -> LayerBudget:
+    """The layer budget of a push to ``host``: ``--max-layers``, else the registry's
+    ``max_layers`` in config.toml, else a known cap (:data:`KNOWN_LIMITS`), else 10,000.
+    UsageError if it is above what an ocifs reader accepts."""
+    if flag is not None:
+        budget = LayerBudget(flag, "--max-layers")
+    elif configured is not None:
+        budget = LayerBudget(configured, f'max_layers of [registry."{host}"] in config.toml')
+    elif (known := known_limit(host)) is not None:
+        budget = LayerBudget(known.max_layers, f"the default for {known.registry}")
+    else:
+        budget = LayerBudget(DEFAULT_MAX_LAYERS, "the default")
+    if not 1 <= budget.layers <= MAX_LAYERS:
+        raise UsageError(
+            f"layer budget {budget.layers} ({budget.source}) is outside 1..{MAX_LAYERS}",
+            hint=f"ocifs readers refuse manifests of more than {MAX_LAYERS} layers",
+        )
+    return budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +139,13 @@ class PushOptions:
     jobs: int = 8
     mount_from: str | None = None
     file_digest: bool = True
-    artifact_type: str = DEFAULT_ARTIFACT_TYPE
+    artifact_type: str | None = DEFAULT_ARTIFACT_TYPE  # None: omit artifactType (needs a config media type)
     annotations: dict[str, str] = field(default_factory=dict)
     config: bytes | None = None
-    config_media_type: str = "application/vnd.oci.image.config.v1+json"
+    # None: the empty descriptor without ``config``, the OCI image config's media type with it.
+    config_media_type: str | None = None
+    pin_chunk_size: bool = False  # the user chose the chunk size: refuse rather than grow it
+    budget_source: str = ""  # where max_layers came from (--max-layers, config.toml, a known cap)
 
 
 @dataclass(slots=True)
@@ -194,16 +270,48 @@ def _walk_error(exc: OSError) -> None:
     raise UsageError(f"cannot read directory {exc.filename}: {exc.strerror}")
 
 
-def choose_chunk_size(files: list[SourceFile], chunk_size: int, max_layers: int) -> int:
-    """The requested chunk size, doubled until the manifest fits the layer budget and 4 MiB."""
+def choose_chunk_size(
+    files: list[SourceFile], chunk_size: int, max_layers: int, *, pinned: bool = False, budget_source: str = ""
+) -> int:
+    """The requested chunk size, doubled until the manifest fits the layer budget and 4 MiB
+    (kept as it is when ``pinned``). UsageError, before anything is sent, when it cannot fit."""
     if chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1 byte")
-    try:
-        return plan_chunk_size([(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers)
-    except OcifsError as exc:
+    if chunk_size > MAX_CHUNK_SIZE:
         raise UsageError(
-            str(exc), hint="raise --max-layers if the registry allows it, or push fewer files per artifact"
+            f"--chunk-size {chunk_size} is above the largest chunk, {MAX_CHUNK_SIZE} bytes (1G)",
+            hint="readers bound their buffers by it",
+        )
+    if not 1 <= max_layers <= MAX_LAYERS:
+        raise UsageError(f"--max-layers {max_layers} is outside 1..{MAX_LAYERS}, what ocifs readers accept")
+    try:
+        return plan_chunk_size(
+            [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
+        )
+    except OcifsError as exc:
+        source = f" ({budget_source})" if budget_source else ""
+        remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
+        raise UsageError(
+            f"refused before upload: {exc.message}{source}",
+            hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}"
+            " (one artifact over several manifests is not supported yet)",
         ) from None
+
+
+def check_types(options: PushOptions) -> None:
+    """artifactType and the config media type are well formed and allowed together (before upload)."""
+    try:
+        if options.artifact_type is not None:
+            check_media_type(options.artifact_type, "--artifact-type")
+        if options.config_media_type is not None:
+            check_media_type(options.config_media_type, "--config-media-type")
+    except OcifsError as exc:
+        raise UsageError(exc.message) from None
+    if options.artifact_type is None and options.config is None and options.config_media_type is None:
+        raise UsageError(
+            "--artifact-type none needs --config-media-type or --config",
+            hint="image-spec requires artifactType when the config is the empty descriptor",
+        )
 
 
 def count_chunks(files: list[SourceFile], chunk_size: int) -> int:
@@ -241,7 +349,14 @@ async def push(
 
     Raises :class:`OcifsError` on any failure, before any manifest is written.
     """
-    chunk_size = choose_chunk_size(sources, options.chunk_size, options.max_layers)
+    check_types(options)
+    chunk_size = choose_chunk_size(
+        sources,
+        options.chunk_size,
+        options.max_layers,
+        pinned=options.pin_chunk_size,
+        budget_source=options.budget_source,
+    )
     if chunk_size != options.chunk_size:
         log.info("chunk size raised to %d MiB to stay within %d layers", chunk_size >> 20, options.max_layers)
     results = [FileResult(s, chunked=is_chunked(s.size, chunk_size)) for s in sources]
@@ -286,13 +401,16 @@ async def _finish(
 ) -> PushResult:
     """Every chunk and plain blob is stored: now the chunk indexes, then the config, then the manifest."""
     entries: list[ChunkedEntry | PlainFile] = []
+    held: dict[Digest, bytes] = {}  # the blobs made here (indexes, config), for _recover_blobs
     async with trio.open_nursery() as nursery:
         for result in results:
-            entries.append(_entry_for(result, nursery, client, ref.repository, counters))
+            entries.append(_entry_for(result, nursery, client, ref.repository, counters, held))
         config_data = options.config if options.config is not None else EMPTY_CONFIG_DATA
         config = EMPTY_DESCRIPTOR
-        if options.config is not None:
-            config = Descriptor(options.config_media_type, Digest.of_bytes(config_data), len(config_data))
+        if options.config is not None or options.config_media_type is not None:
+            media_type = options.config_media_type or IMAGE_CONFIG_MEDIA_TYPE
+            config = Descriptor(media_type, Digest.of_bytes(config_data), len(config_data))
+        held[config.digest] = config_data
         nursery.start_soon(_ensure_blob, client, ref.repository, config.digest, config_data, None, counters)
     manifest = build_manifest(
         entries,
@@ -302,7 +420,7 @@ async def _finish(
         layer_budget=options.max_layers,
     )
     target = ref.tag or str(Digest.of_bytes(manifest))
-    digest = await client.put_manifest(ref.repository, target, manifest, MEDIA_TYPE_MANIFEST)
+    digest = await _put_manifest(client, ref, target, manifest, results, chunk_size, held, options, counters)
     return PushResult(
         reference=ref,
         manifest_digest=digest,
@@ -316,6 +434,116 @@ async def _finish(
         bytes_skipped=counters.bytes_skipped,
         seconds=trio.current_time() - started,
     )
+
+
+async def _put_manifest(
+    client: RegistryClient,
+    ref: Reference,
+    target: str,
+    manifest: bytes,
+    results: list[FileResult],
+    chunk_size: int,
+    held: dict[Digest, bytes],
+    options: PushOptions,
+    counters: _Counters,
+) -> Digest:
+    """PUT the manifest. A registry that garbage-collected a blob after our HEAD found it answers
+    ``MANIFEST_BLOB_UNKNOWN``: the missing blobs are uploaded again and the PUT retried, at most
+    :data:`GC_RETRIES` times, then one line says what happened."""
+    restored = 0
+    for attempt in range(GC_RETRIES + 1):
+        try:
+            digest = await client.put_manifest(ref.repository, target, manifest, MEDIA_TYPE_MANIFEST)
+        except RegistryError as exc:
+            if exc.code != "MANIFEST_BLOB_UNKNOWN":
+                raise _explain_manifest_refusal(exc, ref, manifest, options) from exc
+            if attempt == GC_RETRIES:
+                raise OcifsError(
+                    f"{exc.message}; still missing after {GC_RETRIES} re-uploads of what the registry lost",
+                    hint="a garbage collection is probably running on the registry; push again once it has"
+                    " finished (blobs still there are reused)",
+                ) from exc
+            log.debug("manifest refused for a missing blob: %s", exc.message)
+            restored += await _recover_blobs(client, ref.repository, results, chunk_size, held, options, counters)
+        else:
+            if restored:
+                log.info("the registry lost %d blob(s) during the push (garbage collection?): uploaded again", restored)
+            return digest
+    raise AssertionError("unreachable")
+
+
+def _explain_manifest_refusal(exc: RegistryError, ref: Reference, manifest: bytes, options: PushOptions) -> OcifsError:
+    """A refusal for the number of layers (ECR: 405 UNSUPPORTED "Limit on number of layers per
+    image exceeded") gets a hint naming the setting; anything else passes unchanged."""
+    if exc.status not in (400, 405, 413) or "layer" not in exc.message.lower():
+        return exc
+    layers = len(json.loads(manifest).get("layers", []))
+    return RegistryError(
+        exc.message,
+        hint=f"the registry caps the layers of a manifest below this push's {layers}: set max_layers for"
+        f' [registry."{ref.registry}"] in config.toml (or pass --max-layers) to its cap and push again',
+        status=exc.status,
+        code=exc.code,
+    )
+
+
+async def _recover_blobs(
+    client: RegistryClient,
+    repository: str,
+    results: list[FileResult],
+    chunk_size: int,
+    held: dict[Digest, bytes],
+    options: PushOptions,
+    counters: _Counters,
+) -> int:
+    """HEAD every blob of the manifest and upload again those the registry no longer has: chunks
+    and plain files re-read from their files (and re-hashed), indexes and config from memory.
+    Memory stays within ``jobs`` chunks. Returns how many blobs were uploaded."""
+    wanted: dict[Digest, tuple[SourceFile, int, int] | bytes] = dict(held)
+    for result in results:
+        if result.chunked:
+            for n, (digest, size) in enumerate(zip(result.chunk_digests, result.chunk_sizes, strict=True)):
+                assert digest is not None
+                wanted[digest] = (result.source, n * chunk_size, size)
+        else:
+            assert result.file_digest is not None
+            wanted[result.file_digest] = (result.source, 0, result.source.size)
+    limiter = trio.CapacityLimiter(options.jobs)
+    restored = 0
+
+    async def restore(digest: Digest, where: tuple[SourceFile, int, int] | bytes) -> None:
+        nonlocal restored
+        async with limiter:
+            if await client.blob_size(repository, digest) is not None:
+                return
+            data = where if isinstance(where, bytes) else await trio.to_thread.run_sync(_reread, digest, *where)
+            await client.upload_blob(repository, digest, data, mount_from=options.mount_from)
+            counters.uploaded += 1
+            counters.bytes_uploaded += len(data)
+            restored += 1
+
+    async with trio.open_nursery() as nursery:
+        for digest, where in wanted.items():
+            nursery.start_soon(restore, digest, where)
+    return restored
+
+
+def _reread(digest: Digest, source: SourceFile, offset: int, length: int) -> bytes:
+    """Bytes of a chunk (or plain file) read again; OcifsError if they are not what was pushed."""
+    try:
+        fd = os.open(source.local, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UsageError(f"cannot read {source.local} again: {exc.strerror}") from exc
+    try:
+        data = _pread_exact(fd, source, offset, length)
+    finally:
+        os.close(fd)
+    if _sha256_hex(data) != digest.hex:
+        raise OcifsError(
+            f"{source.local} changed while it was being pushed",
+            hint="no manifest was written; push it again once it is stable (uploaded chunks are reused)",
+        )
+    return data
 
 
 async def _read_file(
@@ -447,6 +675,7 @@ def _entry_for(
     client: RegistryClient,
     repository: str,
     counters: _Counters,
+    held: dict[Digest, bytes],
 ) -> ChunkedEntry | PlainFile:
     """The manifest entry of one pushed file; a chunked file's index blob is uploaded in ``nursery``."""
     source = result.source
@@ -461,6 +690,7 @@ def _entry_for(
         offset += size
     chunk_index = build_chunk_index(source.size, refs, file_digest=result.file_digest)
     data = chunk_index.to_bytes()
+    held[Digest.of_bytes(data)] = data
     nursery.start_soon(_ensure_blob, client, repository, Digest.of_bytes(data), data, None, counters)
     return ChunkedEntry(source.path, chunk_index)
 
@@ -474,16 +704,29 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
     if ref.digest is not None:
         raise UsageError("push to a tag, not a digest (the digest is the result of the push)")
     sources = collect_sources(args.paths)
+    budget = layer_budget(ref.registry, args.max_layers, getattr(args, "configured_max_layers", None))
+    artifact_type = args.artifact_type or DEFAULT_ARTIFACT_TYPE
     options = PushOptions(
-        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
-        max_layers=args.max_layers or DEFAULT_MAX_LAYERS,
+        chunk_size=args.chunk_size if args.chunk_size is not None else DEFAULT_CHUNK_SIZE,
+        max_layers=budget.layers,
         jobs=args.jobs,
         mount_from=parse_repository(args.mount_from, ref.registry) if args.mount_from else None,
         file_digest=not args.no_file_digest,
-        artifact_type=args.artifact_type or DEFAULT_ARTIFACT_TYPE,
+        artifact_type=None if artifact_type.lower() == "none" else artifact_type,
         annotations=_parse_annotations(args.annotation),
         config=_read_config(args.config) if args.config else None,
         config_media_type=args.config_media_type,
+        pin_chunk_size=args.chunk_size is not None,
+        budget_source=f"layer budget from {budget.source}",
+    )
+    # Every limit is checked here, before a connection is opened or a byte sent.
+    check_types(options)
+    chunk_size = choose_chunk_size(
+        sources,
+        options.chunk_size,
+        options.max_layers,
+        pinned=options.pin_chunk_size,
+        budget_source=options.budget_source,
     )
     total = sum(s.size for s in sources)
     mode = "off" if args.json else Progress.choose_mode(args.quiet)
@@ -491,9 +734,7 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
     async def go() -> PushResult:
         async with connect(ref.registry, client_options) as client:
             with Progress(f"push {ref.repository}", total, 0, mode) as progress:
-                progress.total_chunks = count_chunks(
-                    sources, choose_chunk_size(sources, options.chunk_size, options.max_layers)
-                )
+                progress.total_chunks = count_chunks(sources, chunk_size)
                 return await push(client, ref, sources, options, progress)
 
     result = trio.run(go)

@@ -34,13 +34,15 @@ def plan_chunk_size(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     layer_budget: int = DEFAULT_LAYER_BUDGET,
+    grow: bool = True,
 ) -> int:
     """The chunk size a pusher should use for ``files`` (``(path, size)`` pairs).
 
     Starts at ``chunk_size`` and doubles (capped at 1 GiB) until the manifest fits both the
     layer budget and, by an upper-bound estimate, 4 MiB less a 64 KiB reserve. Files of at most
     one chunk are counted as plain layers (:func:`is_chunked`). Raises :class:`FormatError` when
-    even 1 GiB chunks do not fit.
+    even 1 GiB chunks do not fit — or, with ``grow=False`` (the user chose the chunk size), when
+    ``chunk_size`` itself does not.
     """
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk size {chunk_size} outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
@@ -58,13 +60,14 @@ def plan_chunk_size(
                 estimate += _PLAIN_DESCRIPTOR_BYTES + path_bytes
         if layers <= layer_budget and estimate <= MAX_MANIFEST_BYTES - _MANIFEST_RESERVE:
             return chunk_size
-        if chunk_size >= MAX_CHUNK_SIZE:
+        if chunk_size >= MAX_CHUNK_SIZE or not grow:
             if layers > layer_budget:
                 why = f"{layers} layers, above the layer budget of {layer_budget}"
             else:
                 why = f"~{estimate} manifest bytes, above the {MAX_MANIFEST_BYTES}-byte manifest limit"
+            with_chunks = f"even with {chunk_size}-byte chunks" if grow else f"with {chunk_size}-byte chunks"
             raise FormatError(
-                f"{len(files)} file(s) need {why} even with {MAX_CHUNK_SIZE}-byte chunks",
+                f"{len(files)} file(s) need {why} {with_chunks}",
                 hint="push the files as several artifacts or raise the layer budget",
             )
         chunk_size = min(chunk_size * 2, MAX_CHUNK_SIZE)
