@@ -16,6 +16,9 @@ Schema (all keys optional)::
     retries = 5                  # attempts per request
     read_timeout = 60            # seconds without a byte before a request is abandoned and retried
 
+    [credentials]
+    authfile = "/etc/ocifs/auth.json"  # searched first (as --authfile), then podman's and docker's
+
     [registry."registry.example.com:5000"]
     plain_http = false
     ca_file = "/etc/ocifs/ca.pem"
@@ -56,6 +59,7 @@ class Settings:
     jobs: int | None = None
     retries: int | None = None
     read_timeout: float | None = None
+    auth_file: str | None = None
     registries: dict[str, RegistrySettings] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
 
@@ -102,11 +106,13 @@ def _parse(path: Path, text: str) -> Settings:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     checker = _Checker(path, text)
-    checker.keys(data, {"cache", "transfer", "registry"}, "")
+    checker.keys(data, {"cache", "transfer", "credentials", "registry"}, "")
     cache = checker.table(data, "cache")
     checker.keys(cache, {"dir", "max_size", "memory"}, "cache")
     transfer = checker.table(data, "transfer")
     checker.keys(transfer, {"jobs", "retries", "read_timeout"}, "transfer")
+    credentials = checker.table(data, "credentials")
+    checker.keys(credentials, {"authfile"}, "credentials")
     registries: dict[str, RegistrySettings] = {}
     for host, table in checker.table(data, "registry").items():
         where = f'registry."{host}"'
@@ -125,6 +131,7 @@ def _parse(path: Path, text: str) -> Settings:
         jobs=checker.positive(transfer, "jobs", "transfer"),
         retries=checker.positive(transfer, "retries", "transfer"),
         read_timeout=checker.seconds(transfer, "read_timeout", "transfer"),
+        auth_file=checker.string(credentials, "authfile", "credentials"),
         registries=registries,
         sources=(str(path),),
     )
@@ -141,6 +148,7 @@ def _merge(base: Settings, top: Settings) -> Settings:
         jobs=top.jobs or base.jobs,
         retries=top.retries or base.retries,
         read_timeout=top.read_timeout or base.read_timeout,
+        auth_file=top.auth_file or base.auth_file,
         registries=registries,
         sources=base.sources + top.sources,
     )

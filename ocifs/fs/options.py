@@ -21,6 +21,7 @@ OCIFS_OPTIONS: dict[str, bool] = {
     "retries": True,
     "read_timeout": True,
     "ca_file": True,
+    "authfile": True,
     "read_ahead_kb": True,
     "plain_http": False,
     "insecure": False,
