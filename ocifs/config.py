@@ -19,6 +19,9 @@ Schema (all keys optional)::
     [tls]
     certs_d = "/etc/ocifs/certs.d"   # read <dir>/<host[:port]>/ like /etc/docker/certs.d
 
+    [credentials]
+    authfile = "/etc/ocifs/auth.json"  # searched first (as --authfile), then podman's and docker's
+
     [registry."registry.example.com:5000"]
     plain_http = false
     ca_file = "/etc/ocifs/ca.pem"    # trusted in addition to the system store
@@ -71,6 +74,7 @@ class Settings:
     retries: int | None = None
     read_timeout: float | None = None
     certs_d: str | None = None
+    auth_file: str | None = None
     registries: dict[str, RegistrySettings] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
 
@@ -117,13 +121,15 @@ def _parse(path: Path, text: str) -> Settings:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     checker = _Checker(path, text)
-    checker.keys(data, {"cache", "transfer", "registry", "tls"}, "")
+    checker.keys(data, {"cache", "transfer", "credentials", "registry", "tls"}, "")
     cache = checker.table(data, "cache")
     checker.keys(cache, {"dir", "max_size", "memory"}, "cache")
     transfer = checker.table(data, "transfer")
     checker.keys(transfer, {"jobs", "retries", "read_timeout"}, "transfer")
     tls = checker.table(data, "tls")
     checker.keys(tls, {"certs_d"}, "tls")
+    credentials = checker.table(data, "credentials")
+    checker.keys(credentials, {"authfile"}, "credentials")
     registries: dict[str, RegistrySettings] = {}
     for host, table in checker.table(data, "registry").items():
         where = f'registry."{host}"'
@@ -149,6 +155,7 @@ def _parse(path: Path, text: str) -> Settings:
         retries=checker.positive(transfer, "retries", "transfer"),
         read_timeout=checker.seconds(transfer, "read_timeout", "transfer"),
         certs_d=checker.string(tls, "certs_d", "tls"),
+        auth_file=checker.string(credentials, "authfile", "credentials"),
         registries=registries,
         sources=(str(path),),
     )
@@ -166,6 +173,7 @@ def _merge(base: Settings, top: Settings) -> Settings:
         retries=top.retries or base.retries,
         read_timeout=top.read_timeout or base.read_timeout,
         certs_d=top.certs_d or base.certs_d,
+        auth_file=top.auth_file or base.auth_file,
         registries=registries,
         sources=base.sources + top.sources,
     )

@@ -135,9 +135,13 @@ def registry_token(registry_factory: RegistryFactory) -> RegistryServer:
 
 @pytest.fixture
 def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerConfig:
-    """An empty ``$DOCKER_CONFIG`` for this test (env set), with its helper bin dir on ``PATH``."""
+    """An empty ``$DOCKER_CONFIG`` for this test (env set), with its helper bin dir on ``PATH``;
+    the credential files searched before docker's (``$REGISTRY_AUTH_FILE``,
+    ``$XDG_RUNTIME_DIR/containers/auth.json``) are the test's own, and empty."""
     config = DockerConfig(tmp_path / "docker-config")
     monkeypatch.setenv("DOCKER_CONFIG", str(config.path))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("PATH", os.pathsep.join([str(config.bin_dir), os.environ.get("PATH", "")]))
     return config
 

@@ -47,6 +47,8 @@ def apply_settings(args: argparse.Namespace, settings: config.Settings) -> None:
         args.retries = settings.retries or DEFAULT_RETRIES
     if getattr(args, "read_timeout", False) is None:
         args.read_timeout = settings.read_timeout or DEFAULT_READ_TIMEOUT
+    if hasattr(args, "authfile") and args.authfile is None:
+        args.authfile = settings.auth_file
     if hasattr(args, "cache_dir") and args.cache_dir is None:
         args.cache_dir = settings.cache_dir
     if hasattr(args, "cache_max_size") and args.cache_max_size is None:
@@ -93,11 +95,18 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         max_connections=max(8, jobs * 2),
         retry=RetryPolicy(attempts=args.retries or DEFAULT_RETRIES),
         read_timeout=getattr(args, "read_timeout", None) or DEFAULT_READ_TIMEOUT,
+        auth_file=_auth_file(args),
     )
 
 
 def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def _auth_file(args: argparse.Namespace) -> str | None:
+    """``--authfile`` as an absolute path (a detached mount daemon changes directory)."""
+    value = getattr(args, "authfile", None)
+    return os.path.abspath(os.path.expanduser(value)) if value else None
 
 
 def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +119,12 @@ def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--key-file", metavar="PEM", help="the key of --cert-file (if not in the same file)")
     group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
     group.add_argument("--retries", type=positive_int, default=None, help="attempts per request (default 5)")
+    group.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="credentials file searched first (podman's auth.json or docker's config.json format;"
+        " default $REGISTRY_AUTH_FILE, then podman's and docker's files)",
+    )
     group.add_argument(
         "--read-timeout",
         type=positive_float,
@@ -192,12 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry_flags(p)
     p.set_defaults(handler=_cmd_inspect)
 
-    p = sub.add_parser("login", help="store credentials for a registry in the docker config")
+    p = sub.add_parser(
+        "login",
+        help="check and store credentials for a registry",
+        description="Store them as docker does: through the credential helper the file names"
+        " (credHelpers, credsStore), else in the file: --authfile or $REGISTRY_AUTH_FILE if given,"
+        " else docker's config.json. Says where they went.",
+    )
     p.add_argument("registry", metavar="HOST[:PORT]")
     p.add_argument("-u", "--username")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     _add_registry_flags(p)
     p.set_defaults(handler=_cmd_login)
+
+    p = sub.add_parser("logout", help="remove a registry's stored credentials (helper or file)")
+    p.add_argument("registry", metavar="HOST[:PORT]")
+    p.add_argument("--authfile", metavar="FILE", help="the credentials file (as for login)")
+    p.set_defaults(handler=_cmd_logout)
 
     p = sub.add_parser("cache", help="inspect and maintain the local chunk cache")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
@@ -304,6 +330,8 @@ def _cmd_login(args: argparse.Namespace) -> int:
     from ocifs.registry.credentials import Credentials, store_credentials
 
     registry = parse_reference(f"{args.registry}/x").registry
+    if args.password_stdin and not args.username:
+        raise UsageError("--password-stdin needs --username (-u)")
     username = args.username or input("Username: ")
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else getpass.getpass("Password: ")
     if not username or not password:
@@ -315,8 +343,21 @@ def _cmd_login(args: argparse.Namespace) -> int:
             await client.ping()
 
     trio.run(check)
-    path = store_credentials(registry, username, password)
-    print(f"Login succeeded: credentials for {registry} stored in {path}")
+    where = store_credentials(registry, username, password, auth_file=_auth_file(args))
+    print(f"Login succeeded: credentials for {registry} stored in {where}")
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from ocifs.registry.credentials import erase_credentials, login_target
+
+    registry = parse_reference(f"{args.registry}/x").registry
+    erased = erase_credentials(registry, auth_file=_auth_file(args))
+    if not erased:
+        print(f"Not logged in to {registry} (nothing in {login_target(_auth_file(args))})", file=sys.stderr)
+        return 0
+    for where in erased:
+        print(f"Removed the credentials for {registry} from {where}")
     return 0
 
 

@@ -73,7 +73,7 @@ def run_inspect(args: argparse.Namespace, options: ClientOptions) -> int:
     ref = parse_reference(args.reference)
 
     async def go() -> Resolved:
-        async with connect(ref.registry, options) as client:
+        async with connect(ref.registry, options, repository=ref.repository) as client:
             return await resolve(client, ref)
 
     desc = describe(trio.run(go))

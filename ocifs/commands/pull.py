@@ -573,7 +573,7 @@ def run_pull(args: argparse.Namespace, client_options: ClientOptions) -> int:
         # The constructor scans a bounded cache and creates directories: not on the event loop.
         make_cache = functools.partial(ChunkCache, cache_dir, max_size=args.cache_max_size, memory_bytes=0)
         cache = await trio.to_thread.run_sync(make_cache)
-        async with connect(ref.registry, client_options) as client:
+        async with connect(ref.registry, client_options, repository=ref.repository) as client:
             return await pull(client, ref, Path(args.output), cache, options, progress_mode=mode)
 
     result = trio.run(go)

@@ -732,7 +732,7 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
     mode = "off" if args.json else Progress.choose_mode(args.quiet)
 
     async def go() -> PushResult:
-        async with connect(ref.registry, client_options) as client:
+        async with connect(ref.registry, client_options, repository=ref.repository) as client:
             with Progress(f"push {ref.repository}", total, 0, mode) as progress:
                 progress.total_chunks = count_chunks(sources, chunk_size)
                 return await push(client, ref, sources, options, progress)

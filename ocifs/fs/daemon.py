@@ -288,7 +288,7 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
     if config.cache_memory is not None:
         cache_options["memory_bytes"] = config.cache_memory
     cache = await trio.to_thread.run_sync(functools.partial(ChunkCache, config.cache_dir, **cache_options))
-    async with connect(ref.registry, config.client_options) as client:
+    async with connect(ref.registry, config.client_options, repository=ref.repository) as client:
         resolved = await resolve(client, ref)
         pinned = resolved.reference
         if ref.digest is None:

@@ -23,6 +23,7 @@ OCIFS_OPTIONS: dict[str, bool] = {
     "ca_file": True,
     "cert_file": True,
     "key_file": True,
+    "authfile": True,
     "read_ahead_kb": True,
     "plain_http": False,
     "insecure": False,

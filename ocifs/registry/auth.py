@@ -5,7 +5,10 @@ A registry answers 401 with either ``Basic realm=...`` (send Basic on every requ
 retry). Tokens are cached per scope until shortly before they expire; one refresh per scope
 runs at a time however many requests need it (a ``trio.Lock`` per scope).
 
-Only :class:`TokenAuthority` talks to the realm; it never logs a secret or a token.
+Only :class:`TokenAuthority` talks to the realm; it never logs a secret or a token. When the
+realm refuses the credentials (401/403), their :class:`CredentialSource` is asked again once
+and the token requested again if that gave new ones (rotated passwords, expiring helper
+tokens).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import httpx
 import trio
 
 from ocifs.errors import AuthenticationError, RegistryError
-from ocifs.registry.credentials import Credentials
+from ocifs.registry.credentials import Credentials, CredentialSource
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +96,12 @@ class TokenAuthority:
     def __init__(
         self,
         registry: str,
-        credentials: Credentials | None,
+        credentials: Credentials | CredentialSource | None,
         send: Callable[[httpx.Request], Awaitable[httpx.Response]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
-        self._credentials = credentials
+        self._source = credentials if isinstance(credentials, CredentialSource) else CredentialSource.fixed(credentials)
         self._send = send
         self._clock = clock
         self._tokens: dict[tuple[str, str], _Token] = {}
@@ -145,8 +148,19 @@ class TokenAuthority:
             raise RegistryError(
                 f"{self._registry}: the Bearer challenge's realm {shown} is not an http(s) URL; cannot authenticate"
             )
+        creds = self._source.current
+        response = await self._ask(realm, challenge, scopes, creds)
+        if response.status_code in (401, 403) and await self._source.refresh(creds):
+            # Refused, and the files or helper now say something else: one more request.
+            creds = self._source.current
+            response = await self._ask(realm, challenge, scopes, creds)
+        return self._answer(realm, response, creds)
+
+    async def _ask(
+        self, realm: str, challenge: Challenge, scopes: tuple[str, ...], creds: Credentials | None
+    ) -> httpx.Response:
+        """One token request (the OAuth2 POST, falling back to GET) with ``creds``."""
         service = challenge.params.get("service")
-        creds = self._credentials
         self.token_requests += 1
         log.debug("requesting token from %s for %s", realm, " ".join(scopes) or "(no scope)")
         response = None
@@ -170,6 +184,10 @@ class TokenAuthority:
                 secret = creds.password or creds.identity_token or ""
                 headers["Authorization"] = basic_header(Credentials(creds.username, secret))
             response = await self._send(self._request("GET", realm, params=query, headers=headers))
+        return response
+
+    def _answer(self, realm: str, response: httpx.Response, creds: Credentials | None) -> tuple[str, float]:
+        """The token and its lifetime from the token service's answer, or the error."""
         if response.status_code in (401, 403):
             if creds is None:
                 raise AuthenticationError(

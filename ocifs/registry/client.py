@@ -45,7 +45,7 @@ from ocifs.reference import is_loopback_host
 from ocifs.registry.auth import repository_scope
 from ocifs.registry.blobio import FastBlobReader, ThreadedTransport
 from ocifs.registry.bodies import discard, read_capped, read_exact, read_prefix
-from ocifs.registry.credentials import Credentials
+from ocifs.registry.credentials import Credentials, CredentialSource
 from ocifs.registry.engine import RequestEngine
 from ocifs.registry.failures import Failures
 from ocifs.registry.general import GeneralTransport
@@ -84,6 +84,8 @@ class ClientOptions:
     read_timeout: float = 60.0
     max_connections: int = 32
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The first credentials file searched (--authfile), before podman's and docker's defaults.
+    auth_file: str | None = None
 
     def scheme_for(self, registry: str) -> str:
         if self.plain_http:
@@ -105,6 +107,13 @@ class Manifest:
         return json.loads(self.data)
 
 
+def _username(credentials: Credentials | CredentialSource | None) -> str | None:
+    """The user named in error messages (None: anonymous)."""
+    if isinstance(credentials, CredentialSource):
+        credentials = credentials.current
+    return credentials.username if credentials else None
+
+
 class RegistryClient:
     """The distribution API of one registry. Use as ``async with RegistryClient(...) as c``.
 
@@ -117,7 +126,7 @@ class RegistryClient:
         self,
         registry: str,
         *,
-        credentials: Credentials | None = None,
+        credentials: Credentials | CredentialSource | None = None,
         options: ClientOptions | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         fast: FastBlobReader | None = None,
@@ -150,7 +159,7 @@ class RegistryClient:
             fast = FastBlobReader(self.base_url, verify, self.options.read_timeout)
         self.failures = Failures(
             registry,
-            credentials.username if credentials else None,
+            _username(credentials),
             plain_http=self.base_url.startswith("http://"),
             plain_http_asked=self.options.plain_http,
             attempts=self.options.retry.attempts,

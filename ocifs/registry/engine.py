@@ -2,7 +2,8 @@
 
 :meth:`RequestEngine.send` takes a :class:`~ocifs.registry.transport.Request`, sends each
 attempt on the threaded transport when it carries the request (large blob bodies) and on the
-general one (httpx) otherwise, answers a 401 challenge once, retries what
+general one (httpx) otherwise, answers a 401 challenge once (and once more if the refused
+credentials were replaced by asking their :class:`CredentialSource` again), retries what
 :mod:`ocifs.registry.transient` calls temporary under the client's one
 :class:`~ocifs.retry.RetryPolicy`, and
 turns what is left into an :mod:`ocifs.errors` exception (:mod:`ocifs.registry.failures`),
@@ -24,7 +25,7 @@ import trio
 from ocifs.errors import RegistryError
 from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_challenge, repository_scope
 from ocifs.registry.blobio import ThreadedTransport
-from ocifs.registry.credentials import Credentials
+from ocifs.registry.credentials import Credentials, CredentialSource
 from ocifs.registry.failures import Failures, describe_transport_error, redirect_reason
 from ocifs.registry.transient import is_retryable_exception, is_retryable_status
 from ocifs.registry.transport import Answer, ClientStats, RedirectError, Request, SizeMismatch, Transport
@@ -41,7 +42,7 @@ class RequestEngine:
     def __init__(
         self,
         registry: str,
-        credentials: Credentials | None,
+        credentials: Credentials | CredentialSource | None,
         policy: RetryPolicy,
         failures: Failures,
         general: Transport,
@@ -52,11 +53,13 @@ class RequestEngine:
         self.policy = policy
         self.failures = failures
         self.stats = stats
-        self._credentials = credentials
+        self.credentials = (
+            credentials if isinstance(credentials, CredentialSource) else CredentialSource.fixed(credentials)
+        )
         self._general = general
         self.threaded = threaded
         self._challenge: Challenge | None = None
-        self.tokens = TokenAuthority(registry, credentials, raw_sender)
+        self.tokens = TokenAuthority(registry, self.credentials, raw_sender)
 
     async def aclose(self) -> None:
         await self._general.aclose()
@@ -73,11 +76,12 @@ class RequestEngine:
         ) + request.extra_scopes
         attempts = self.policy.attempts if request.resend else 1
         what = request.what or request.method
-        auth_retried = False
+        auth_retried = refreshed = False
         attempt = 0
         while True:
             attempt += 1
             headers = dict(request.headers)
+            used = self.credentials.current
             authorization = await self._authorization(scopes)
             if authorization:
                 headers["Authorization"] = authorization
@@ -95,7 +99,7 @@ class RequestEngine:
             # challenge is known (or there are no credentials to answer one with).
             transport: Transport = self._general
             threaded = self.threaded
-            known = self._challenge is not None or self._credentials is None
+            known = self._challenge is not None or used is None
             if threaded is not None and known and threaded.carries(request):
                 transport = threaded
             self.stats.requests += 1
@@ -129,7 +133,7 @@ class RequestEngine:
             status = answer.status
             if status == 401 and not auth_retried:
                 challenge = parse_challenge(answer.headers.get("www-authenticate"))
-                if challenge is not None and (challenge.scheme == "bearer" or self._credentials):
+                if challenge is not None and (challenge.scheme == "bearer" or used):
                     auth_retried = True
                     # Drop the token only if this request carried it: a request sent before
                     # another task learned the challenge must not discard that task's token.
@@ -137,6 +141,15 @@ class RequestEngine:
                         self.tokens.invalidate(self._challenge, scopes)
                     self._challenge = challenge
                     attempt -= 1  # an auth round trip is not a failure
+                    continue
+            if status == 401 and auth_retried and not refreshed:
+                # Refused after a fresh challenge: the credentials may have been rotated. Ask
+                # their source again, once; retry only if that gave something new.
+                refreshed = True
+                if await self.credentials.refresh(used):
+                    if authorization and authorization.startswith("Bearer ") and self._challenge:
+                        self.tokens.invalidate(self._challenge, scopes)
+                    attempt -= 1
                     continue
             if is_retryable_status(status) and attempt < attempts:
                 delay = self.policy.delay_for(attempt, answer.headers.get("retry-after"))
@@ -156,7 +169,8 @@ class RequestEngine:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            return basic_header(self._credentials) if self._credentials else None
+            credentials = self.credentials.current
+            return basic_header(credentials) if credentials else None
         token = self.tokens.cached(challenge, scopes)
         if token is None:
             token = await self.tokens.token(challenge, scopes)

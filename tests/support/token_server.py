@@ -102,8 +102,16 @@ class TokenServer:
       for a minute: test refresh logic by counting token requests, not by registry rejections.
 
     ``requests`` lists a :class:`TokenRequest` per request received, in order (thread-safe to
-    read after the client call returned). ``fail_next(status, count)`` makes the next ``count``
-    GETs answer ``status`` (e.g. 500/503) to exercise client retries.
+    read after the client call returned); ``refused`` counts the requests answered 401 for
+    their credentials.
+
+    Rotation (credentials that expire while a client runs): :meth:`rotate_password` gives a user
+    a new password and refuses the old one at once; :meth:`rotate_signing_key` signs with a new
+    key and rewrites ``cert_file``, so a registry restarted on it refuses every token issued
+    before (distribution reads its ``rootcertbundle`` at start only).
+
+    ``fail_next(status, count)`` makes the next ``count`` GETs answer ``status`` (e.g. 500/503)
+    to exercise client retries.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Attributes after start:
     ``port``, ``url`` (``http://127.0.0.1:PORT``), ``realm`` (``url + "/token"``), ``service``,
@@ -143,13 +151,12 @@ class TokenServer:
         self.service = service
         self.issuer = issuer
         self.requests: list[TokenRequest] = []
+        self.refused = 0
         self._tls_context = tls_context
         self._lock = threading.Lock()
         self._failures: list[int] = []
-        self._key, self._cert = _make_signing_cert("ocifs test token signer")
-        self._x5c = base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
         self.cert_file = self.work_dir / "token-signer.pem"
-        self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        self.rotate_signing_key()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -186,6 +193,25 @@ class TokenServer:
         """Make the next ``count`` token GETs answer ``status`` with a JSON error body."""
         with self._lock:
             self._failures.extend([status] * count)
+
+    def rotate_password(self, user: str | None = None) -> str:
+        """Give ``user`` (default :attr:`username`) a new random password and return it; the
+        old one is refused from the next request on."""
+        user = user if user is not None else self.username
+        with self._lock:
+            self.users[user] = secrets.token_urlsafe(12)
+            return self.users[user]
+
+    def rotate_signing_key(self) -> None:
+        """Sign tokens with a new key from now on and write its certificate to ``cert_file``
+        (atomically). A registry reads that bundle at start: restart it to refuse older tokens."""
+        key, cert = _make_signing_cert("ocifs test token signer")
+        x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+        tmp = self.cert_file.with_suffix(".tmp")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        tmp.replace(self.cert_file)
+        with self._lock:
+            self._key, self._cert, self._x5c = key, cert, x5c
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -356,6 +382,8 @@ class _TokenHandler(BaseHTTPRequestHandler):
                 and not secrets.compare_digest(server.users.get(creds[0], "\0invalid"), creds[1])
             )
         ):
+            with server._lock:
+                server.refused += 1
             self._error(401, "UNAUTHORIZED", "invalid credentials", {"WWW-Authenticate": 'Basic realm="token"'})
             return
         now = time.time()
