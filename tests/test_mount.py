@@ -496,6 +496,24 @@ def test_sigterm_unmounts_cleanly(mounts: Mounter, matrix: Pushed) -> None:
     assert "SIGTERM received: unmounting" in mount.log_text()
 
 
+def test_sighup_reopens_the_log_file_and_keeps_the_mount(mounts: Mounter, matrix: Pushed) -> None:
+    """What logrotate does: rename the log, send SIGHUP. The daemon writes to a new file at the
+    old name, and the model stays mounted and readable."""
+    mount = mounts(matrix.ref, foreground=False)
+    rotated = mount.log.with_name(mount.log.name + ".1")
+    mount.log.rename(rotated)
+    os.kill(mount.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not (mount.log.exists() and "log file" in mount.log.read_text() and "reopened" in mount.log.read_text()):
+        assert time.monotonic() < deadline, f"no new log after SIGHUP; old log:\n{rotated.read_text()}"
+        time.sleep(0.05)
+    assert mounted(mount.path) and mount.alive()
+    data = (mount.path / "deep/dir/several").read_bytes()
+    assert data == (matrix.source / "deep/dir/several").read_bytes()
+    ocifs("umount", str(mount.path))
+    assert "unmounting" not in rotated.read_text()
+
+
 def test_detached_mount_then_ocifs_umount(mounts: Mounter, matrix: Pushed) -> None:
     mount = mounts(matrix.ref, foreground=False)  # the parent returned 0 with stdout captured
     assert mount.alive()

@@ -19,9 +19,10 @@ Lifecycle (facts checked on the reference machine: docs/platform.md "FUSE on Lin
 3. After the kernel handshake (the stat above), the mount's bdi ``read_ahead_kb`` is raised
    (the kernel resets it to 128 if set earlier); FUSE read requests are
    ``min(read_ahead_kb, 1 MiB)``, 128 KiB by default, which halves the throughput.
-4. SIGTERM, SIGINT and SIGHUP → ``pyfuse3.terminate()`` → ``pyfuse3.close(unmount=True)``:
+4. SIGTERM and SIGINT → ``pyfuse3.terminate()`` → ``pyfuse3.close(unmount=True)``:
    exit 0, unmounted. ``umount``/``ocifs umount`` make ``pyfuse3.main()`` return the same way.
    ``auto_unmount`` makes libfuse's watcher remove the mount within 0.5 s if we crash.
+   SIGHUP reopens the log file (logrotate) and leaves the mount alone.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ async def serve(config: MountConfig, readiness: _Readiness) -> None:
         # follows, and unmounting waits for the writes still running.
         async with fetcher.writing_behind(), trio.open_nursery() as nursery:
             # Installed before the mount exists, so a signal at any moment unmounts cleanly.
-            await nursery.start(_watch_signals)
+            await nursery.start(_watch_signals, None if config.foreground else config.log_file)
             # jobs x default chunk: the bytes that keep every download slot busy (cache/prefetch.py).
             budget = config.jobs * DEFAULT_CHUNK_SIZE
             prefetcher = Prefetcher(nursery, mode=config.prefetch, budget_bytes=budget, max_window=budget)
@@ -351,14 +352,43 @@ def _init_fuse(operations: Operations, mountpoint: str, options: set[str]) -> No
     raise OcifsError(f"cannot mount on {mountpoint}: {reason or 'mount refused'}")
 
 
-async def _watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watch_signals(
+    log_file: str | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM and SIGINT unmount. SIGHUP reopens the log file (what logrotate's ``postrotate``
+    and systemd's ``ExecReload`` send) and never unmounts: a model in use must not vanish
+    because its log was rotated."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                reopen_log_file(log_file)
+                continue
             log.info("%s received: unmounting", signal.Signals(signum).name)
             sd_notify("STOPPING=1")
             pyfuse3.terminate()
             return
+
+
+def reopen_log_file(path: str | None) -> None:
+    """Point stdout and stderr (where the detached daemon's log goes) at a fresh open of
+    ``path``: after logrotate renamed the file, the daemon writes to a new one. Without a log
+    file there is nothing to reopen. A failure to reopen keeps the old file and says so."""
+    if path is None:
+        log.info("SIGHUP received: no log file to reopen (the mount goes on)")
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        log.warning("SIGHUP received: cannot reopen log file %s (%s); still writing to the old one",
+                    path, exc.strerror)  # fmt: skip
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    log.info("SIGHUP received: log file %s reopened", path)
 
 
 async def _announce_when_ready(config: MountConfig, fs: FileSystem, readiness: _Readiness) -> None:
