@@ -327,11 +327,16 @@ CASES: dict[str, Case] = {
     "digest-short": Case(
         lambda c: manifest([c.plain("f", digest="sha256:abc")]), "wrong length", registry_refuses=True
     ),
+    # An unknown digest algorithm on a layer is unrecognised and skipped (R19); on the config it is refused.
     "digest-md5": Case(
-        lambda c: manifest([c.plain("f", digest="md5:" + "0" * 32)]),
-        "unsupported digest algorithm",
+        lambda c: manifest([c.plain("f")], config={**EMPTY_CONFIG, "digest": "md5:" + "0" * 32}),
+        "config digest: unsupported digest algorithm",
         registry_refuses=True,
     ),
+    "part-named-plain": Case(
+        lambda c: manifest([*c.chunked("f"), c.plain("f.part-notes")]), "named like a part of the chunked file 'f'"
+    ),
+    "annotations-null": Case(lambda c: manifest([{**c.plain("f"), "annotations": None}]), "annotations must be"),
     "digest-null": Case(
         lambda c: manifest([dict(c.plain("f"), digest=None)]), "digest must be a string", registry_refuses=True
     ),

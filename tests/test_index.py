@@ -372,28 +372,30 @@ def test_R5_artifact_type_and_annotations() -> None:
     refused(mutated(lambda doc: setitem(doc, "annotations", [])), "manifest annotations must be a JSON object")
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "fragment"),
-    [
-        ("mediaType", None, "mediaType: missing"),
-        ("mediaType", "text", "'text' is not a media type"),
-        ("mediaType", "text/plain\n", "is not a media type"),
-        ("mediaType", 5, "mediaType must be a string"),
-        ("digest", None, "digest must be a string"),
-        ("digest", "sha256:xyz", "malformed digest"),
-        ("digest", "sha256:" + "A" * 64, "malformed digest"),
-        ("digest", "md5:" + "a" * 32, "unsupported digest algorithm"),
-        ("digest", "sha256:" + "a" * 64 + "\n", "malformed digest"),
-        ("digest", "sha256:" + "a" * 63, "wrong length"),
-        ("size", -1, "size -1 outside"),
-        ("size", True, "size must be an integer, got a boolean"),
-        ("size", 5.0, "size must be an integer, got a number"),
-        ("size", "5", "size must be an integer, got a string"),
-        ("size", 2**63, "outside 0..9223372036854775807"),
-        ("annotations", [], "annotations must be a JSON object"),
-        ("annotations", {"org.opencontainers.image.title": None}, "must be a string, got null"),
-    ],
-)
+# Refused on every descriptor. An unknown digest algorithm is refused on the config only: a layer
+# with one is unrecognised and skipped (R19, tests/test_format_fixes.py).
+DESCRIPTOR_CASES = [
+    ("mediaType", None, "mediaType: missing"),
+    ("mediaType", "text", "'text' is not a media type"),
+    ("mediaType", "text/plain\n", "is not a media type"),
+    ("mediaType", 5, "mediaType must be a string"),
+    ("digest", None, "digest must be a string"),
+    ("digest", "sha256:xyz", "malformed digest"),
+    ("digest", "sha256:" + "A" * 64, "malformed digest"),
+    ("digest", "sha256:" + "a" * 64 + "\n", "malformed digest"),
+    ("digest", "sha256:" + "a" * 63, "wrong length"),
+    ("size", -1, "size -1 outside"),
+    ("size", True, "size must be an integer, got a boolean"),
+    ("size", 5.0, "size must be an integer, got a number"),
+    ("size", "5", "size must be an integer, got a string"),
+    ("size", 2**63, "outside 0..9223372036854775807"),
+    ("annotations", [], "annotations must be a JSON object"),
+    ("annotations", {"org.opencontainers.image.title": None}, "must be a string, got null"),
+]
+UNKNOWN_ALGORITHM = ("digest", "md5:" + "a" * 32, "unsupported digest algorithm")
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), DESCRIPTOR_CASES)
 def test_R6_descriptor_fields(field: str, value: object, fragment: str) -> None:
     refused(mutated(lambda doc: setitem(layer(4)(doc), field, value)), "manifest layers[4]", fragment)
 
@@ -404,6 +406,18 @@ def test_R6_descriptor_must_be_object() -> None:
 
 def test_R6_config_descriptor_fields_too() -> None:
     refused(mutated(lambda doc: setitem(doc["config"], "size", -2)), "manifest config size -2")
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [*DESCRIPTOR_CASES, UNKNOWN_ALGORITHM])
+def test_R6_config_descriptor_fields(field: str, value: object, fragment: str) -> None:
+    refused(mutated(lambda doc: setitem(doc["config"], field, value)), "manifest config", fragment)
+
+
+def test_R6_unknown_digest_algorithm_of_a_layer_is_R19_not_R6() -> None:
+    field, value, _ = UNKNOWN_ALGORITHM
+    artifact = parse_manifest(mutated(lambda doc: setitem(layer(4)(doc), field, value)))
+    assert [f.path for f in artifact.files] == ["models/big.bin"]
+    assert artifact.unrecognised == ("manifest layers[4]: digest algorithm 'md5' is not one a reader verifies",)
 
 
 def annotation(doc: dict[str, Any], key: str, value: str | None) -> None:
@@ -850,6 +864,7 @@ def test_plan_chunk_size() -> None:
         plan_chunk_size([("/".join(["p" * 250] * 16) + str(n), 1) for n in range(1100)])
 
 
+@pytest.mark.expected_log(r"file name is 250 bytes", count=1)  # spec §6.4: part names over 255 bytes
 def test_plan_chunk_size_keeps_long_paths_under_4_mib() -> None:
     path = "/".join(["p" * 250] * 8)  # ~2 KB per chunk descriptor
     size = 50 * 1024**3
@@ -1025,6 +1040,9 @@ def test_round_trip_property(files: dict[str, int | list[int]]) -> None:
     }
     if titles & set(paths):
         return  # a plain file named like another file's part: the builder refuses it (tested above)
+    chunked = {e.path for e in entries if isinstance(e, ChunkedEntry)}
+    if any(p.startswith(c + ".part-") for p in paths for c in chunked):
+        return  # a file named like a part of a chunked file: refused by R18 (tests/test_format_fixes.py)
     artifact = parse_manifest(build_manifest(entries))
     assert [f.path for f in artifact.files] == paths
     for entry, f in zip(entries, artifact.files, strict=True):

@@ -5,6 +5,7 @@ Must not: do I/O. Every value it returns is one a reader of :mod:`ocifs.format.p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,9 +18,11 @@ from ocifs.format.media import (
     ANNOTATION_SIZE,
     ANNOTATION_TITLE,
     DEFAULT_ARTIFACT_TYPE,
+    DEFAULT_CONFIG_MEDIA_TYPE,
     DEFAULT_FILE_MEDIA_TYPE,
     DEFAULT_LAYER_BUDGET,
     EMPTY_BLOB_DIGESTS,
+    KIND_PLAIN,
     MANIFEST_SCHEMA_VERSION,
     MAX_CHUNK_SIZE,
     MAX_FILE_SIZE,
@@ -42,7 +45,9 @@ from ocifs.format.model import (
     canonical_json,
 )
 from ocifs.format.parse import parse_descriptor
-from ocifs.format.paths import check_paths, part_title, validate_path
+from ocifs.format.paths import check_part_names, check_paths, long_part_title_warning, part_title, validate_path
+
+log = logging.getLogger(__name__)
 
 
 def fixed_layout(size: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -114,6 +119,18 @@ def plain_descriptor(file: PlainFile) -> Descriptor:
     return Descriptor(file.media_type, file.digest, file.size, {ANNOTATION_TITLE: file.path})
 
 
+def config_descriptor(data: bytes, media_type: str | None = None) -> Descriptor:
+    """The config descriptor of a config blob the user supplies (spec §3).
+
+    ``media_type`` defaults to ``application/vnd.ocifs.config.v1+json``, a type specific to ocifs
+    artifacts as image-spec's "Guidelines for Artifact Usage" ask, never the image config's type.
+    Raises :class:`FormatError` for an invalid media type.
+    """
+    media_type = DEFAULT_CONFIG_MEDIA_TYPE if media_type is None else media_type
+    check_media_type(media_type, "config media type")
+    return Descriptor(media_type, Digest.of_bytes(data), len(data))
+
+
 def build_manifest(
     files: Sequence[ChunkedEntry | PlainFile],
     *,
@@ -126,7 +143,9 @@ def build_manifest(
 
     Each :class:`ChunkedEntry` becomes its chunk-index layer followed by its chunk layers; each
     :class:`PlainFile` one titled layer (a zero-byte file must name the empty blob). ``config``
-    defaults to the OCI empty descriptor. ``artifact_type=None`` omits the field, which the
+    defaults to the OCI empty descriptor (:func:`config_descriptor` makes one for a user's blob).
+    A chunked file whose part titles old clients cannot write (a last component over 244 bytes,
+    spec §6.4) is built, with a warning logged for it. ``artifact_type=None`` omits the field, which the
     image-spec allows only with a non-empty config. Raises :class:`FormatError` if a path is
     invalid or collides (with another file, a directory of another file, or a part title), if
     the layers exceed ``layer_budget`` (at most ``MAX_LAYERS``), or the bytes exceed 4 MiB.
@@ -147,6 +166,9 @@ def build_manifest(
                 entry.index.size, entry.index.chunks, entry.index.file_media_type, entry.index.file_digest
             )
             file = chunked_file(path, index)
+            warning = long_part_title_warning(path)
+            if warning is not None:
+                log.warning("%s", warning)
             layers.append(file.index)
             layers.extend(file.chunks)
             new_titles = [c.annotations[ANNOTATION_TITLE] for c in file.chunks]
@@ -155,8 +177,13 @@ def build_manifest(
             if entry.media_type in (MEDIA_TYPE_CHUNK, MEDIA_TYPE_CHUNK_INDEX):
                 raise FormatError(f"file {show(path)}: a plain file cannot use the media type {entry.media_type}")
             check_integer(entry.size, f"file {show(path)} size", 0, MAX_FILE_SIZE)
+            if entry.kind != KIND_PLAIN:
+                raise FormatError(f"file {show(path)}: a pusher writes plain files only, not {show(entry.kind)}")
+            # What a reader checks (R10): the empty blob, and only it, is a zero-byte file.
             if entry.size == 0 and entry.digest not in EMPTY_BLOB_DIGESTS:
                 raise FormatError(f"file {show(path)}: size 0 but digest {entry.digest} is not the empty blob's")
+            if entry.size != 0 and entry.digest in EMPTY_BLOB_DIGESTS:
+                raise FormatError(f"file {show(path)}: size {entry.size} but digest {entry.digest} is the empty blob's")
             layers.append(plain_descriptor(entry))
             new_titles = [path]
         for title in new_titles:
@@ -164,6 +191,8 @@ def build_manifest(
             if title in titles:
                 raise FormatError(f"file {show(path)}: layer title {show(title)} is used twice")
             titles.add(title)
+    chunked = {path for path, entry in zip(paths, files, strict=True) if isinstance(entry, ChunkedEntry)}
+    check_part_names(paths, chunked, "manifest")  # what a reader checks (R18)
     if len(layers) > layer_budget:
         raise FormatError(
             f"manifest would have {len(layers)} layers, above the layer budget of {layer_budget}",

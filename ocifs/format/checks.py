@@ -12,12 +12,16 @@ from typing import Any
 
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, InvalidDigest
-from ocifs.format.media import MAX_CHUNKS, MAX_FILE_SIZE
+from ocifs.format.media import MAX_CHUNKS, MAX_FILE_SIZE, VERIFIED_DIGEST_ALGORITHMS
 from ocifs.format.messages import json_type, show
 from ocifs.format.model import ChunkRef
 
 # image-spec schema/defs-descriptor.json "mediaType" pattern (RFC 6838 type/subtype names).
 _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+# A media type followed by parameters (RFC 6838 §4.3, RFC 9110 §8.3.1: `type/subtype; name=value`).
+_MEDIA_TYPE_WITH_PARAMETERS_RE = re.compile(_MEDIA_TYPE_RE.pattern + r"[ \t]*;.*", re.DOTALL)
+# image-spec descriptor.md "Digests": the grammar of every digest, whatever its algorithm.
+_DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,18}")  # ASCII only: \d would accept other scripts' digits
 
 
@@ -91,7 +95,7 @@ def check_integer(value: object, where: str, low: int, high: int) -> int:
 def check_decimal(value: object, where: str) -> int:
     """A size written as an annotation: canonical ASCII decimal, 0 .. 2**63-1."""
     if not isinstance(value, str):
-        raise FormatError(f"{where}: missing" if value is None else f"{where}: must be a string")
+        raise FormatError(f"{where}: missing or null" if value is None else f"{where}: must be a string")
     if _DECIMAL_RE.fullmatch(value) is None or int(value) > MAX_FILE_SIZE:
         raise FormatError(f"{where}: {show(value)} is not a decimal size in 0..{MAX_FILE_SIZE}")
     return int(value)
@@ -111,17 +115,53 @@ def check_digest(value: object, where: str, sha256_only: bool = False) -> Digest
 
 def check_media_type(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise FormatError(f"{where}: missing" if value is None else f"{where} must be a string")
+        raise FormatError(f"{where}: missing or null" if value is None else f"{where} must be a string")
     if _MEDIA_TYPE_RE.fullmatch(value) is None:
         raise FormatError(f"{where}: {show(value)} is not a media type")
     return value
 
 
 def check_annotations(value: object, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
+    """An annotations map: a JSON object of strings. JSON null is refused (R5, R6): callers pass
+    only a value that is present, and use ``{}`` when the key is absent."""
     obj = check_object(value, where)
     for key, item in obj.items():
         if not isinstance(item, str):
             raise FormatError(f"{where}: value of {show(key)} must be a string, got {json_type(item)}")
     return obj
+
+
+def unrecognised_layer(d: dict[str, Any], where: str) -> str | None:
+    """R19: why the layer descriptor ``d`` (a JSON object) is one a reader does not recognise, or
+    ``None`` when it is to be read as usual (and checked by R6).
+
+    Unrecognised: a ``mediaType`` that is a media type followed by parameters
+    (``application/vnd.foo+json; charset=utf-8``), or a ``digest`` of the image-spec grammar whose
+    algorithm is neither sha256 nor sha512. Such a layer must still be a well-formed descriptor (R6:
+    a string media type, a digest of the grammar, a valid size and annotations), else
+    :class:`FormatError`; it is then skipped, titled or not, and the returned line says why.
+    """
+    media_type = d.get("mediaType")
+    digest = d.get("digest")
+    reason = None
+    if isinstance(media_type, str) and _MEDIA_TYPE_WITH_PARAMETERS_RE.fullmatch(media_type) is not None:
+        reason = f"{where}: media type {show(media_type)} has parameters"
+    elif isinstance(digest, str) and _DIGEST_GRAMMAR_RE.fullmatch(digest) is not None:
+        algorithm = digest.partition(":")[0]
+        if algorithm not in VERIFIED_DIGEST_ALGORITHMS:
+            reason = f"{where}: digest algorithm {show(algorithm)} is not one a reader verifies"
+    if reason is None:
+        return None
+    # R6 on what every descriptor has, whatever a reader understands of it.
+    if not isinstance(media_type, str) or (
+        _MEDIA_TYPE_RE.fullmatch(media_type) is None and _MEDIA_TYPE_WITH_PARAMETERS_RE.fullmatch(media_type) is None
+    ):
+        check_media_type(media_type, f"{where} mediaType")
+    if not isinstance(digest, str) or _DIGEST_GRAMMAR_RE.fullmatch(digest) is None:
+        raise FormatError(f"{where} digest: malformed digest {show(digest)}")
+    if digest.partition(":")[0] in VERIFIED_DIGEST_ALGORITHMS:
+        check_digest(digest, f"{where} digest")
+    check_integer(d.get("size"), f"{where} size", 0, MAX_FILE_SIZE)
+    if "annotations" in d:
+        check_annotations(d["annotations"], f"{where} annotations")
+    return reason

@@ -20,6 +20,10 @@ MEDIA_TYPE_CHUNK = "application/vnd.ocifs.chunk.v1"
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
 DEFAULT_ARTIFACT_TYPE = "application/vnd.ocifs.artifact.v1"
 DEFAULT_FILE_MEDIA_TYPE = "application/octet-stream"
+# The config's media type when the user supplies a config blob but no media type: image-spec's
+# "Guidelines for Artifact Usage" want a value specific to the artifact type (never the image
+# config's application/vnd.oci.image.config.v1+json, which tells runtimes the artifact is an image).
+DEFAULT_CONFIG_MEDIA_TYPE = "application/vnd.ocifs.config.v1+json"
 
 # --- Annotation keys (spec §5) ----------------------------------------------------------------
 
@@ -27,6 +31,19 @@ ANNOTATION_TITLE = "org.opencontainers.image.title"
 ANNOTATION_PATH = "dev.ocifs.path"
 ANNOTATION_SIZE = "dev.ocifs.size"
 ANNOTATION_DIGEST = "dev.ocifs.digest"
+# ORAS marks a directory it packed as a gzip-compressed tar with this annotation set to "true".
+ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"
+
+# --- File kinds (what a reader presents a file as: user.ocifs.kind) -----------------------------
+
+KIND_CHUNKED = "chunked"
+KIND_PLAIN = "plain"
+KIND_ORAS_DIRECTORY = "oras-directory"  # an ORAS directory layer, presented as <title>.tar.gz (R20)
+ORAS_DIRECTORY_SUFFIX = ".tar.gz"
+
+# Digest algorithms a reader verifies (image-spec's registered sha256 and sha512); a layer whose
+# digest names another algorithm is unrecognised and skipped (R19).
+VERIFIED_DIGEST_ALGORITHMS = frozenset({"sha256", "sha512"})
 
 # --- Versions -----------------------------------------------------------------------------------
 
@@ -47,7 +64,7 @@ DEFAULT_LAYER_BUDGET = 10_000
 # Readers' hard cap: bounds parsing work; a 4 MiB manifest holds at most ~20,000 descriptors anyway.
 MAX_LAYERS = 100_000
 # One chunk-index layer plus its chunks fit the reader's layer cap; it also keeps part numbers
-# within five digits (00000..99998), so `cat path.part-*` always sorts them right.
+# within five digits (00000..99998), so `cat path.part-[0-9][0-9][0-9][0-9][0-9]` lists them in order.
 MAX_CHUNKS = MAX_LAYERS - 1
 # 16 MiB: a lazy read fetches little; large enough for line-rate throughput; far below the
 # ~100 MB single uploads some registries fail (Docker Hub, Harbor behind proxies).

@@ -22,6 +22,8 @@ from ocifs.format.media import (
     DEFAULT_FILE_MEDIA_TYPE,
     EMPTY_JSON_DIGEST,
     INDEX_SCHEMA_VERSION,
+    KIND_CHUNKED,
+    KIND_PLAIN,
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_EMPTY,
 )
@@ -175,15 +177,26 @@ class ChunkedFile:
     index: Descriptor
     chunks: tuple[Descriptor, ...]
 
+    @property
+    def kind(self) -> str:
+        """``"chunked"`` (what ``user.ocifs.kind`` shows; a :class:`PlainFile` has its own)."""
+        return KIND_CHUNKED
+
 
 @dataclass(frozen=True, slots=True)
 class PlainFile:
-    """A file stored as one ordinary layer with a title (as ORAS writes it); also a builder input."""
+    """A file stored as one ordinary layer with a title (as ORAS writes it); also a builder input.
+
+    ``kind`` is ``"plain"``, or ``"oras-directory"`` for an ORAS directory layer (spec R20): the
+    gzip-compressed tar of a directory, presented unpacked by nothing, at ``<title>.tar.gz``.
+    The builder writes only ``"plain"``.
+    """
 
     path: str
     size: int
     digest: Digest
     media_type: str = DEFAULT_FILE_MEDIA_TYPE
+    kind: str = KIND_PLAIN
 
 
 File: TypeAlias = ChunkedFile | PlainFile
@@ -203,7 +216,9 @@ class Artifact:
     """A parsed manifest: its files, the layers it ignored, and its metadata.
 
     ``manifest_digest`` is the sha256 of the manifest bytes parsed (``None`` only when built by
-    hand). ``files`` keep manifest order; ``skipped`` are layers that are neither ours nor titled.
+    hand). ``files`` keep manifest order; ``skipped`` are layers that are neither ours nor titled
+    (R11); ``unrecognised`` says, one line each, why a layer was not recognised and was skipped
+    (R19: a media type with parameters, a digest algorithm a reader cannot verify).
     """
 
     manifest_digest: Digest | None
@@ -213,6 +228,7 @@ class Artifact:
     files: tuple[File, ...]
     skipped: tuple[Descriptor, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
+    unrecognised: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "annotations", _frozen_mapping(self.annotations))

@@ -21,13 +21,17 @@ from ocifs.format.checks import (
     check_media_type,
     check_object,
     load_json,
+    unrecognised_layer,
 )
 from ocifs.format.media import (
     ANNOTATION_DIGEST,
+    ANNOTATION_ORAS_UNPACK,
     ANNOTATION_PATH,
     ANNOTATION_SIZE,
     EMPTY_BLOB_DIGESTS,
     INDEX_SCHEMA_VERSION,
+    KIND_ORAS_DIRECTORY,
+    KIND_PLAIN,
     MANIFEST_SCHEMA_VERSION,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
@@ -42,10 +46,11 @@ from ocifs.format.media import (
     MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_MANIFEST,
     MIN_CHUNK_SIZE,
+    ORAS_DIRECTORY_SUFFIX,
 )
 from ocifs.format.messages import json_type, show
 from ocifs.format.model import Artifact, ChunkedFile, ChunkIndex, ChunkRef, Descriptor, File, PlainFile
-from ocifs.format.paths import check_paths, validate_path
+from ocifs.format.paths import check_part_names, check_paths, validate_path
 
 
 def parse_manifest(data: bytes, *, max_layers: int = MAX_LAYERS) -> Artifact:
@@ -71,43 +76,85 @@ def parse_manifest(data: bytes, *, max_layers: int = MAX_LAYERS) -> Artifact:
         raise FormatError(f"manifest schemaVersion {show(version)} is not supported (expected 2)")
     # R5
     config = parse_descriptor(doc.get("config"), where="manifest config")
-    artifact_type = doc.get("artifactType")
-    if artifact_type is not None:
-        artifact_type = check_media_type(artifact_type, "manifest artifactType")
-    annotations = check_annotations(doc.get("annotations"), "manifest annotations")
+    # "when present" means present and not null: JSON null is refused wherever the spec names a type.
+    artifact_type = None
+    if "artifactType" in doc:
+        artifact_type = check_media_type(doc["artifactType"], "manifest artifactType")
+    annotations = check_annotations(doc["annotations"], "manifest annotations") if "annotations" in doc else {}
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list):
         raise FormatError(f"manifest layers must be an array, got {json_type(raw_layers)}")
     if len(raw_layers) > max_layers:
         raise FormatError(f"manifest has {len(raw_layers)} layers, above the limit of {max_layers}")
-    layers = [parse_descriptor(obj, where=f"manifest layers[{i}]") for i, obj in enumerate(raw_layers)]  # R6
+    # R6, R19: a layer a reader does not recognise is skipped (a line saying why), never fatal.
+    layers: list[Descriptor | str] = [_parse_layer(obj, f"manifest layers[{i}]") for i, obj in enumerate(raw_layers)]
 
     files: list[File] = []
     skipped: list[Descriptor] = []
+    unrecognised: list[str] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         where = f"manifest layers[{i}]"
+        if isinstance(layer, str):  # R19
+            unrecognised.append(layer)
+            i += 1
+            continue
         if layer.media_type == MEDIA_TYPE_CHUNK_INDEX:
             run_end = i + 1
-            while run_end < len(layers) and layers[run_end].media_type == MEDIA_TYPE_CHUNK:
+            while run_end < len(layers) and _is_chunk(layers[run_end]):
                 run_end += 1
-            files.append(_chunked_file(layer, layers[i + 1 : run_end], i, where))  # R7, R8
+            chunks = [c for c in layers[i + 1 : run_end] if isinstance(c, Descriptor)]
+            files.append(_chunked_file(layer, chunks, i, where))  # R7, R8
             i = run_end
             continue
         if layer.media_type == MEDIA_TYPE_CHUNK:  # R9
             raise FormatError(f"{where}: chunk layer does not follow a chunk-index layer or its chunks")
         title = layer.title
         if title is not None:  # R10
-            path = validate_path(title, f"{where} title")
-            if layer.size == 0 and layer.digest not in EMPTY_BLOB_DIGESTS:
-                raise FormatError(f"{where} ({show(path)}): size 0 but digest {layer.digest} is not the empty blob's")
-            files.append(PlainFile(path, layer.size, layer.digest, layer.media_type))
+            files.append(_plain_file(layer, title, where))
         else:  # R11
             skipped.append(layer)
         i += 1
-    check_paths([f.path for f in files], "manifest")  # R12
-    return Artifact(Digest.of_bytes(data), media_type, artifact_type, config, tuple(files), tuple(skipped), annotations)
+    paths = [f.path for f in files]
+    check_paths(paths, "manifest")  # R12
+    check_part_names(paths, {f.path for f in files if isinstance(f, ChunkedFile)}, "manifest")  # R18
+    return Artifact(
+        Digest.of_bytes(data),
+        media_type,
+        artifact_type,
+        config,
+        tuple(files),
+        tuple(skipped),
+        annotations,
+        tuple(unrecognised),
+    )
+
+
+def _parse_layer(obj: object, where: str) -> Descriptor | str:
+    """A layer's descriptor (R6), or the line saying why a reader does not recognise it (R19)."""
+    reason = unrecognised_layer(check_object(obj, where), where)
+    return reason if reason is not None else parse_descriptor(obj, where=where)
+
+
+def _is_chunk(layer: Descriptor | str) -> bool:
+    return isinstance(layer, Descriptor) and layer.media_type == MEDIA_TYPE_CHUNK
+
+
+def _plain_file(layer: Descriptor, title: str, where: str) -> PlainFile:
+    """R10 (and R20 for an ORAS directory) for a titled layer that is not ours."""
+    path = validate_path(title, f"{where} title")
+    kind = KIND_PLAIN
+    if layer.annotations.get(ANNOTATION_ORAS_UNPACK) == "true":  # R20
+        # ORAS's tar+gzip of the directory `title`: presented as that archive, not unpacked.
+        kind = KIND_ORAS_DIRECTORY
+        path = validate_path(title + ORAS_DIRECTORY_SUFFIX, f"{where} title (an ORAS directory)")
+    # R10: the empty blob, and only it, is a zero-byte file.
+    if layer.size == 0 and layer.digest not in EMPTY_BLOB_DIGESTS:
+        raise FormatError(f"{where} ({show(path)}): size 0 but digest {layer.digest} is not the empty blob's")
+    if layer.size != 0 and layer.digest in EMPTY_BLOB_DIGESTS:
+        raise FormatError(f"{where} ({show(path)}): size {layer.size} but digest {layer.digest} is the empty blob's")
+    return PlainFile(path, layer.size, layer.digest, layer.media_type, kind)
 
 
 def parse_descriptor(obj: object, *, where: str = "descriptor") -> Descriptor:
@@ -119,7 +166,7 @@ def parse_descriptor(obj: object, *, where: str = "descriptor") -> Descriptor:
     media_type = check_media_type(d.get("mediaType"), f"{where} mediaType")
     digest = check_digest(d.get("digest"), f"{where} digest")
     size = check_integer(d.get("size"), f"{where} size", 0, MAX_FILE_SIZE)
-    annotations = check_annotations(d.get("annotations"), f"{where} annotations")
+    annotations = check_annotations(d["annotations"], f"{where} annotations") if "annotations" in d else {}
     return Descriptor(media_type, digest, size, annotations)
 
 

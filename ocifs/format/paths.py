@@ -7,7 +7,7 @@ Must not: do I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ocifs.errors import FormatError
 from ocifs.format.media import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH, PART_DIGITS
@@ -75,6 +75,53 @@ def check_paths(paths: Sequence[str], where: str = "artifact") -> None:
         raise FormatError(f"{where}: {show(path)} is both a file and a directory of another file")
 
 
+PART_INFIX = ".part-"
+"""What joins a chunked file's path and its part number in a part title (spec §6.2)."""
+
+
+def check_part_names(paths: Sequence[str], chunked: Collection[str], where: str = "artifact") -> None:
+    """Rule R18: no path starts with a chunked file's path followed by ``.part-``.
+
+    Old clients write a chunked file ``p`` as its parts ``p.part-NNNNN`` and rebuild it from them
+    with a glob: another file named ``p.part-…`` (a plain ``p.part-00001``, or ``p.part-x``, which
+    the older recipe ``cat p.part-*`` also matched, or a directory ``p.part-d/…``) would be taken
+    for a part or overwrite one. ``chunked`` are the paths of the chunked files among ``paths``.
+    Cost: one set lookup per occurrence of ``.part-`` in each path. Raises :class:`FormatError`.
+    """
+    chunked_set = chunked if isinstance(chunked, set | frozenset) else set(chunked)
+    if not chunked_set:
+        return
+    for path in paths:
+        at = path.find(PART_INFIX)
+        while at != -1:
+            owner = path[:at]
+            if owner in chunked_set:
+                raise FormatError(
+                    f"{where}: {show(path)} is named like a part of the chunked file {show(owner)}"
+                    f" (old clients would take it for one)"
+                )
+            at = path.find(PART_INFIX, at + 1)
+
+
+def long_part_title_warning(path: str) -> str | None:
+    """A one-line warning when old clients cannot write the part titles of a chunked ``path``.
+
+    A part title adds ``.part-NNNNN`` (11 bytes) to the last component, so a last component of
+    more than 244 bytes makes part names over the 255-byte limit of file names (spec §6.4): the
+    artifact is valid and mounts, but ``oras pull`` cannot write its parts. ``None`` otherwise.
+    """
+    last = path.rpartition("/")[2]
+    size = len(last.encode("utf-8", "surrogatepass"))
+    limit = MAX_COMPONENT_BYTES - len(PART_INFIX) - PART_DIGITS
+    if size <= limit:
+        return None
+    return (
+        f"{show(path)}: its file name is {size} bytes, so the names of its parts (the name and"
+        f" {PART_INFIX}NNNNN) exceed {MAX_COMPONENT_BYTES} bytes and old clients such as oras pull cannot"
+        f" write them; a file name of at most {limit} bytes avoids it"
+    )
+
+
 def part_title(path: str, n: int, total_chunks: int) -> str:
     """The title of chunk ``n`` (from 0) of ``total_chunks``: ``<path>.part-NNNNN``.
 
@@ -84,4 +131,4 @@ def part_title(path: str, n: int, total_chunks: int) -> str:
     if not 0 <= n < total_chunks:
         raise ValueError(f"part {n} outside 0..{total_chunks - 1}")
     width = max(PART_DIGITS, len(str(total_chunks - 1)))
-    return f"{path}.part-{n:0{width}d}"
+    return f"{path}{PART_INFIX}{n:0{width}d}"

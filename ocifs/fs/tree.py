@@ -153,18 +153,19 @@ class Tree:
     def file_xattrs(self, inode: int) -> dict[str, bytes]:
         """The extended attributes of a file (none for a directory): ``user.ocifs.digest`` (the
         whole file's sha256 when recorded; a plain layer's digest), ``user.ocifs.chunks``
-        (number of chunks; 1 for a plain layer) and ``user.ocifs.kind`` (``chunked``/``plain``)."""
+        (number of chunks; 1 for a plain layer) and ``user.ocifs.kind`` (``chunked``, ``plain``, or
+        ``oras-directory`` for the ``<title>.tar.gz`` of a directory ORAS packed: spec R20)."""
         f = self.node(inode).file
         attrs: dict[str, bytes] = {}
         if isinstance(f, ChunkedFile):
             if f.file_digest is not None:
                 attrs["user.ocifs.digest"] = str(f.file_digest).encode()
             attrs["user.ocifs.chunks"] = str(len(f.chunks)).encode()
-            attrs["user.ocifs.kind"] = b"chunked"
+            attrs["user.ocifs.kind"] = f.kind.encode()
         elif isinstance(f, PlainFile):
             attrs["user.ocifs.digest"] = str(f.digest).encode()
             attrs["user.ocifs.chunks"] = b"1"
-            attrs["user.ocifs.kind"] = b"plain"
+            attrs["user.ocifs.kind"] = f.kind.encode()
         return attrs
 
     def statfs(self) -> dict[str, int]:
