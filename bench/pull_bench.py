@@ -514,7 +514,7 @@ def oras_client(art: Artifact, ctx: Any) -> list[Run]:
         started_load = load1()
         argv = [sys.executable, "-c", _ORAS_PULL, art.host, art.ref]
         res = run_measured(argv, cwd=out).check("oras-py pull")
-        parts = sorted(out.glob(f"{art.name}.part-*"))
+        parts = sorted(out.glob(f"{art.name}.part-[0-9][0-9][0-9][0-9][0-9]"))
         written = sum(p.stat().st_size for p in parts)
         if written != art.size:
             raise RuntimeError(f"oras-py wrote {written} bytes of parts, expected {art.size}")

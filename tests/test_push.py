@@ -134,9 +134,11 @@ async def test_oras_pull_gets_the_parts_and_cat_rebuilds(shared_registry: Regist
     await do_push(shared_registry, ref, [tmp_path / "src"])
     out = tmp_path / "oras-out"
     await trio.to_thread.run_sync(lambda: oras.client.OrasClient(insecure=True).pull(target=ref, outdir=str(out)))
-    parts = sorted(out.glob("model.bin.part-*"))
+    parts = sorted(out.glob("model.bin.part-[0-9][0-9][0-9][0-9][0-9]"))
     assert [p.name for p in parts] == [f"model.bin.part-0000{i}" for i in range(5)]
-    rebuilt = subprocess.run(["sh", "-c", f"cat {out}/model.bin.part-*"], capture_output=True, check=True).stdout
+    rebuilt = subprocess.run(
+        ["sh", "-c", f"cat {out}/model.bin.part-[0-9][0-9][0-9][0-9][0-9]"], capture_output=True, check=True
+    ).stdout
     assert rebuilt == contents["model.bin"]
     assert (out / "README").read_bytes() == contents["README"]
 

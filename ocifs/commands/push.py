@@ -38,7 +38,7 @@ import trio
 from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, UsageError, collapse_groups
-from ocifs.format.build import build_chunk_index, build_manifest, is_chunked
+from ocifs.format.build import build_chunk_index, build_manifest, config_descriptor, is_chunked
 from ocifs.format.checks import check_media_type
 from ocifs.format.media import (
     DEFAULT_ARTIFACT_TYPE,
@@ -48,7 +48,7 @@ from ocifs.format.media import (
     MAX_LAYERS,
     MEDIA_TYPE_MANIFEST,
 )
-from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, Descriptor, PlainFile
+from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, PlainFile
 from ocifs.format.paths import check_paths, validate_path
 from ocifs.format.plan import plan_chunk_size
 from ocifs.reference import Reference, parse_reference, parse_repository
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 # >=100 MB (docs/platform.md, "Registries in the field"). Measured choice in docs/benchmarks.md.
 DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
-# The config media type when --config gives a config blob and no --config-media-type.
-IMAGE_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 # Manifest PUTs retried after re-uploading blobs a garbage collection removed under the push.
 GC_RETRIES = 2
 
@@ -408,8 +406,8 @@ async def _finish(
         config_data = options.config if options.config is not None else EMPTY_CONFIG_DATA
         config = EMPTY_DESCRIPTOR
         if options.config is not None or options.config_media_type is not None:
-            media_type = options.config_media_type or IMAGE_CONFIG_MEDIA_TYPE
-            config = Descriptor(media_type, Digest.of_bytes(config_data), len(config_data))
+            # docs/spec.md §3: the user's media type, else one specific to ocifs artifacts.
+            config = config_descriptor(config_data, options.config_media_type)
         held[config.digest] = config_data
         nursery.start_soon(_ensure_blob, client, ref.repository, config.digest, config_data, None, counters)
     manifest = build_manifest(
