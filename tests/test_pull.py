@@ -535,3 +535,21 @@ def test_target_dir_refuses_escapes_even_when_called_directly(tmp_path: Path) ->
     finally:
         target.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+async def test_an_oras_directory_layer_is_pulled_as_its_archive(
+    shared_registry: RegistryServer, tmp_path: Path
+) -> None:
+    """Spec R20: an ORAS directory layer (``io.deis.oras.content.unpack``) is written as
+    ``<title>.tar.gz``, byte for byte, and the summary names its kind."""
+    archive = b"\x1f\x8b" + bytes(range(256)) * 8  # content is opaque to ocifs: never unpacked
+    layer = {
+        "data": archive,
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "annotations": {ANNOTATION_TITLE: "tokenizer", "io.deis.oras.content.unpack": "true"},
+    }
+    ref = await put_raw_artifact(shared_registry, "pull/oras-dir", "v1", [layer, titled("README.md", b"hi\n")])
+    result, _ = await do_pull(ref, tmp_path / "out", tmp_path / "cache")
+    assert tree(tmp_path / "out") == {"README.md": b"hi\n", "tokenizer.tar.gz": archive}
+    kinds = {f["path"]: f["kind"] for f in result.summary()["files"]}
+    assert kinds == {"README.md": "plain", "tokenizer.tar.gz": "oras-directory"}

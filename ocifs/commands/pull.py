@@ -104,7 +104,7 @@ class PulledFile:
 
     path: str
     size: int
-    kind: str  # "chunked" or "plain"
+    kind: str  # "chunked", "plain" or "oras-directory" (spec R20)
     pieces: int
     digest: Digest | None
 
@@ -214,7 +214,7 @@ def _plan(file: File, layout: ChunkIndex | None, plain_piece_size: int) -> _File
         job.pieces = [_Piece(job, n, c.offset, c.size, c.digest) for n, c in enumerate(layout.chunks)]
         return job
     expected = file.digest if file.digest.algorithm == "sha256" else None
-    job = _FileJob(file.path, file.size, "plain", file.digest, expected)
+    job = _FileJob(file.path, file.size, file.kind, file.digest, expected)  # plain or oras-directory
     if file.size == 0:
         return job  # the empty blob: nothing to fetch (spec §6.1)
     if file.size <= plain_piece_size:
