@@ -4,8 +4,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := docker-registry fuse3 libfuse3-dev pkg-config skopeo rclone systemd curl attr ca-certificates openssl
-APT_COMMANDS := docker-registry fusermount3 pkg-config skopeo rclone systemd-analyze curl getfattr update-ca-certificates openssl
+APT_PACKAGES := docker-registry fuse3 libfuse3-dev pkg-config skopeo rclone systemd curl attr ca-certificates openssl nginx-light
+APT_COMMANDS := docker-registry fusermount3 pkg-config skopeo rclone systemd-analyze curl getfattr update-ca-certificates openssl nginx
 PYTEST_ARGS ?=
 
 .PHONY: setup apt-deps install-bin demo test bench clean
