@@ -355,6 +355,7 @@ def merge_slices(index: SplitIndex, slices: Sequence[bytes], *, max_layers: int 
         raise FormatError(f"image index names {len(index.slices)} manifests, {len(slices)} given")
     layers: list[object] = []
     config: object = None
+    artifact_type: object = None
     for n, (descriptor, data) in enumerate(zip(index.slices, slices, strict=True)):
         where = f"image index manifests[{n}]"
         if len(data) != descriptor.size:  # R23
@@ -377,7 +378,12 @@ def merge_slices(index: SplitIndex, slices: Sequence[bytes], *, max_layers: int 
             config = doc.get("config")
         elif doc.get("config") != config:
             raise FormatError(f"{where}: its config differs from that of manifests[0]")
-        if doc.get("artifactType") != index.artifact_type:
+        if n == 0:
+            artifact_type = doc.get("artifactType")
+        elif doc.get("artifactType") != artifact_type:
+            raise FormatError(f"{where}: artifactType {show(doc.get('artifactType'))} differs from manifests[0]'s")
+        # Copy tools may drop the index's artifactType when they re-serialise it (skopeo does).
+        if index.artifact_type is not None and doc.get("artifactType") != index.artifact_type:
             raise FormatError(f"{where}: artifactType {show(doc.get('artifactType'))} differs from the index's")
         raw_layers = doc.get("layers")
         if not isinstance(raw_layers, list):
@@ -386,8 +392,8 @@ def merge_slices(index: SplitIndex, slices: Sequence[bytes], *, max_layers: int 
         if len(layers) > max_layers:
             raise FormatError(f"image index: its manifests have more than {max_layers} layers")
     merged: dict[str, object] = {"config": config, "layers": layers}  # R24
-    if index.artifact_type is not None:
-        merged["artifactType"] = index.artifact_type
+    if artifact_type is not None:
+        merged["artifactType"] = artifact_type
     merged["annotations"] = dict(index.annotations)
     artifact = _artifact_of(merged, index.digest, MEDIA_TYPE_IMAGE_INDEX, max_layers)
     return replace(artifact, slices=index.slices)
