@@ -173,8 +173,8 @@ def test_chunk_size_checks() -> None:
         (["--chunk-size", "0"], "--chunk-size must be at least 1 byte"),
         (["--chunk-size", "2G"], "above the largest chunk"),
         (["--max-layers", str(MAX_LAYERS + 1)], f"outside 1..{MAX_LAYERS}"),
-        (["--max-layers", "1"], "above the layer budget of 1"),
-        (["--chunk-size", "1M", "--max-layers", "10"], "with 1048576-byte chunks"),
+        (["--max-layers", "1", "--single-manifest"], "above the layer budget of 1"),
+        (["--chunk-size", "1M", "--max-layers", "10", "--single-manifest"], "with 1048576-byte chunks"),
         (["--artifact-type", "none"], "--artifact-type none needs --config-media-type"),
         (["--artifact-type", "not a type"], "is not a media type"),
         (["--config-media-type", "bad"], "is not a media type"),
@@ -202,7 +202,7 @@ def test_ecr_default_refuses_a_push_that_cannot_fit(tmp_path: Path) -> None:
     path = tmp_path / "huge.bin"
     path.touch()
     os.truncate(path, 300 * 1024 * MiB)
-    result = run_cli("push", f"{ECR}/models/huge:v1", str(path))
+    result = run_cli("push", f"{ECR}/models/huge:v1", str(path), "--single-manifest")
     assert result.returncode == 2
     line = error_line(result)
     assert "301 layers, above the layer budget of 250" in line
@@ -243,7 +243,7 @@ def test_push_that_cannot_fit_the_budget_sends_nothing(capped: LayerCapProxy, tm
     for n in range(4):  # four files are four layers whatever the chunk size
         (tmp_path / "in" / str(n)).parent.mkdir(exist_ok=True)
         (tmp_path / "in" / str(n)).write_bytes(b"%d" % n)
-    result = run_cli("push", f"{capped.host}/limits/four:v1", str(tmp_path / "in"), config=config)
+    result = run_cli("push", f"{capped.host}/limits/four:v1", str(tmp_path / "in"), "--single-manifest", config=config)
     assert result.returncode == 2
     line = error_line(result)
     assert "refused before upload: 4 file(s) need 4 layers, above the layer budget of 3" in line
@@ -255,7 +255,15 @@ def test_pinned_chunk_size_is_refused_not_grown(
     capped: LayerCapProxy, big_file: tuple[Path, bytes], tmp_path: Path
 ) -> None:
     config = write_config(tmp_path / "config.toml", capped.host, max_layers=3)
-    result = run_cli("push", f"{capped.host}/limits/pinned:v1", str(big_file[0]), "--chunk-size", "16M", config=config)
+    result = run_cli(
+        "push",
+        f"{capped.host}/limits/pinned:v1",
+        str(big_file[0]),
+        "--chunk-size",
+        "16M",
+        "--single-manifest",
+        config=config,
+    )
     assert result.returncode == 2
     assert "4 layers, above the layer budget of 3 with 16777216-byte chunks" in error_line(result)
     assert capped.blob_uploads() == 0

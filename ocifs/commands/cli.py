@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="layer budget per manifest (default: max_layers of the registry in config.toml, a known cap, or 10000)",
     )
+    p.add_argument(
+        "--single-manifest",
+        action="store_true",
+        help="refuse, rather than split over several manifests, what one manifest cannot hold (older ocifs readers)",
+    )
     p.add_argument("-j", "--jobs", type=positive_int, default=None, help="parallel uploads (default 8)")
     p.add_argument("--from", dest="mount_from", metavar="REPO", help="mount chunks from this repository if there")
     p.add_argument("--no-file-digest", action="store_true", help="skip the whole-file sha256")

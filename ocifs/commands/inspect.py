@@ -47,6 +47,8 @@ def describe(resolved: Resolved) -> dict[str, Any]:
         "reference": str(resolved.reference),
         "digest": str(resolved.reference.digest),
         "mediaType": artifact.media_type,
+        "manifests": max(len(artifact.slices), 1),
+        "slices": [str(d.digest) for d in artifact.slices],
         "artifactType": artifact.artifact_type,
         "annotations": dict(artifact.annotations),
         "files": files,
@@ -58,6 +60,8 @@ def describe(resolved: Resolved) -> dict[str, Any]:
 def render(desc: dict[str, Any]) -> str:
     """A human table: one line per file and a total."""
     lines = [f"{desc['reference']}", f"artifactType: {desc['artifactType'] or '-'}"]
+    if desc["manifests"] > 1:
+        lines.append(f"manifests: {desc['manifests']} (an image index of slices, docs/spec.md §14)")
     width = max([len(f["path"]) for f in desc["files"]] + [4])
     lines.append(f"{'PATH':<{width}}  {'SIZE':>14}  {'KIND':<7}  {'CHUNKS':>6}  DIGEST")
     for f in desc["files"]:

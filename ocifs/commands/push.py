@@ -13,10 +13,13 @@ pushed, so a manifest never points at a blob that is not there (the registry che
 A file that changes while it is read aborts the push before any manifest is written.
 
 Registry limits are checked before a byte is sent: the layer budget (``--max-layers``, the
-registry's ``max_layers`` in config.toml, or a known cap such as ECR's) and the chunk size; a
-manifest that cannot fit is refused in one line. A blob collected by the registry's garbage
-collector between the HEAD that found it and the manifest PUT (``MANIFEST_BLOB_UNKNOWN``) is
-uploaded again from the files and the PUT retried (docs/operations.md "Registry limits").
+registry's ``max_layers`` in config.toml, or a known cap such as ECR's) and the chunk size. What
+does not fit one manifest even with 64 MiB chunks (or the chunk size the user pinned) is laid out
+over several manifests under one image index (docs/spec.md §14); only what not even that can
+hold, or anything beyond one manifest with ``--single-manifest``, is refused in one line. A blob
+collected by the registry's garbage collector between the HEAD that found it and the manifest
+PUT (``MANIFEST_BLOB_UNKNOWN``) is uploaded again from the files and the PUT retried
+(docs/operations.md "Registry limits").
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import trio
 from ocifs.commands.progress import Progress
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, UsageError, collapse_groups
-from ocifs.format.build import build_chunk_index, build_manifest, config_descriptor, is_chunked
+from ocifs.format.build import build_artifact, build_chunk_index, config_descriptor, is_chunked
 from ocifs.format.checks import check_media_type
 from ocifs.format.media import (
     DEFAULT_ARTIFACT_TYPE,
@@ -50,7 +53,7 @@ from ocifs.format.media import (
 )
 from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, PlainFile
 from ocifs.format.paths import check_paths, validate_path
-from ocifs.format.plan import plan_chunk_size
+from ocifs.format.plan import Layout, plan_chunk_size, plan_layout
 from ocifs.reference import Reference, parse_reference, parse_repository
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
@@ -142,7 +145,8 @@ class PushOptions:
     config: bytes | None = None
     # None: the empty descriptor without ``config``, the OCI image config's media type with it.
     config_media_type: str | None = None
-    pin_chunk_size: bool = False  # the user chose the chunk size: refuse rather than grow it
+    pin_chunk_size: bool = False  # the user chose the chunk size: split rather than grow it
+    split: bool = True  # False (--single-manifest): refuse what does not fit one manifest
     budget_source: str = ""  # where max_layers came from (--max-layers, config.toml, a known cap)
 
 
@@ -168,6 +172,7 @@ class PushResult:
     bytes_uploaded: int = 0
     bytes_skipped: int = 0
     seconds: float = 0.0
+    manifests: int = 1  # more: the split layout (docs/spec.md §14), an index of this many slices
 
     def summary(self) -> dict[str, Any]:
         total = sum(f.source.size for f in self.files)
@@ -175,6 +180,7 @@ class PushResult:
             "reference": str(self.reference),
             "digest": str(self.manifest_digest),
             "manifest_size": self.manifest_size,
+            "manifests": self.manifests,
             "chunk_size": self.chunk_size,
             "files": [
                 {
@@ -292,7 +298,38 @@ def choose_chunk_size(
         raise UsageError(
             f"refused before upload: {exc.message}{source}",
             hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}"
-            " (one artifact over several manifests is not supported yet)",
+            " (without --single-manifest, push lays the artifact out over several manifests)",
+        ) from None
+
+
+def choose_layout(
+    files: list[SourceFile],
+    chunk_size: int,
+    max_layers: int,
+    *,
+    pinned: bool = False,
+    budget_source: str = "",
+    split: bool = True,
+) -> Layout:
+    """The chunk size and manifest count of a push: one manifest when it fits (the chunk size
+    grown up to 64 MiB unless ``pinned``), else the split layout of docs/spec.md §14. With
+    ``split=False`` exactly :func:`choose_chunk_size` (grown up to 1 GiB, else refused). UsageError,
+    before anything is sent, when even several manifests cannot hold the files."""
+    if not split:
+        return Layout(choose_chunk_size(files, chunk_size, max_layers, pinned=pinned, budget_source=budget_source), 1)
+    choose_chunk_size(files, chunk_size, MAX_LAYERS, pinned=False)  # the argument checks, nothing else
+    if not 1 <= max_layers <= MAX_LAYERS:
+        raise UsageError(f"--max-layers {max_layers} is outside 1..{MAX_LAYERS}, what ocifs readers accept")
+    try:
+        return plan_layout(
+            [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
+        )
+    except OcifsError as exc:
+        source = f" ({budget_source})" if budget_source else ""
+        remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
+        raise UsageError(
+            f"refused before upload: {exc.message}{source}",
+            hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}",
         ) from None
 
 
@@ -348,15 +385,19 @@ async def push(
     Raises :class:`OcifsError` on any failure, before any manifest is written.
     """
     check_types(options)
-    chunk_size = choose_chunk_size(
+    layout = choose_layout(
         sources,
         options.chunk_size,
         options.max_layers,
         pinned=options.pin_chunk_size,
         budget_source=options.budget_source,
+        split=options.split,
     )
+    chunk_size = layout.chunk_size
     if chunk_size != options.chunk_size:
         log.info("chunk size raised to %d MiB to stay within %d layers", chunk_size >> 20, options.max_layers)
+    if layout.manifests > 1:
+        log.info("about %d manifests of at most %d layers (an image index)", layout.manifests, options.max_layers)
     results = [FileResult(s, chunked=is_chunked(s.size, chunk_size)) for s in sources]
     total_chunks = count_chunks(sources, chunk_size)
     counters = _Counters()
@@ -410,19 +451,29 @@ async def _finish(
             config = config_descriptor(config_data, options.config_media_type)
         held[config.digest] = config_data
         nursery.start_soon(_ensure_blob, client, ref.repository, config.digest, config_data, None, counters)
-    manifest = build_manifest(
+    built = build_artifact(
         entries,
         config=config,
         artifact_type=options.artifact_type,
         annotations=options.annotations,
         layer_budget=options.max_layers,
+        split=options.split,
     )
+    # docs/spec.md §14: every slice by digest first (a registry refuses an index naming a manifest
+    # it lacks), each with the GC recovery; then the index under the tag.
+    for data in built.slices:
+        slice_digest = str(Digest.of_bytes(data))
+        await _put_manifest(client, ref, slice_digest, data, results, chunk_size, held, options, counters)
+    manifest = built.top
     target = ref.tag or str(Digest.of_bytes(manifest))
-    digest = await _put_manifest(client, ref, target, manifest, results, chunk_size, held, options, counters)
+    digest = await _put_manifest(
+        client, ref, target, manifest, results, chunk_size, held, options, counters, built.media_type
+    )
     return PushResult(
         reference=ref,
         manifest_digest=digest,
         manifest_size=len(manifest),
+        manifests=max(len(built.slices), 1),
         chunk_size=chunk_size,
         files=results,
         blobs_uploaded=counters.uploaded,
@@ -444,14 +495,15 @@ async def _put_manifest(
     held: dict[Digest, bytes],
     options: PushOptions,
     counters: _Counters,
+    media_type: str = MEDIA_TYPE_MANIFEST,
 ) -> Digest:
-    """PUT the manifest. A registry that garbage-collected a blob after our HEAD found it answers
-    ``MANIFEST_BLOB_UNKNOWN``: the missing blobs are uploaded again and the PUT retried, at most
-    :data:`GC_RETRIES` times, then one line says what happened."""
+    """PUT the manifest (or a split artifact's index). A registry that garbage-collected a blob
+    after our HEAD found it answers ``MANIFEST_BLOB_UNKNOWN``: the missing blobs are uploaded
+    again and the PUT retried, at most :data:`GC_RETRIES` times, then one line says what happened."""
     restored = 0
     for attempt in range(GC_RETRIES + 1):
         try:
-            digest = await client.put_manifest(ref.repository, target, manifest, MEDIA_TYPE_MANIFEST)
+            digest = await client.put_manifest(ref.repository, target, manifest, media_type)
         except RegistryError as exc:
             if exc.code != "MANIFEST_BLOB_UNKNOWN":
                 raise _explain_manifest_refusal(exc, ref, manifest, options) from exc
@@ -716,16 +768,18 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
         config_media_type=args.config_media_type,
         pin_chunk_size=args.chunk_size is not None,
         budget_source=f"layer budget from {budget.source}",
+        split=not getattr(args, "single_manifest", False),
     )
     # Every limit is checked here, before a connection is opened or a byte sent.
     check_types(options)
-    chunk_size = choose_chunk_size(
+    chunk_size = choose_layout(
         sources,
         options.chunk_size,
         options.max_layers,
         pinned=options.pin_chunk_size,
         budget_source=options.budget_source,
-    )
+        split=options.split,
+    ).chunk_size
     total = sum(s.size for s in sources)
     mode = "off" if args.json else Progress.choose_mode(args.quiet)
 
@@ -745,7 +799,8 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
             print(
                 f"pushed {len(sources)} file(s), {total / (1 << 20):,.1f} MiB in {s['seconds']:.1f}s"
                 f" ({s['mib_per_second'] or 0:,.1f} MiB/s): {result.blobs_uploaded} blobs uploaded,"
-                f" {result.blobs_skipped} already present, {result.blobs_mounted} mounted",
+                f" {result.blobs_skipped} already present, {result.blobs_mounted} mounted"
+                + (f"; {result.manifests} manifests under one image index" if result.manifests > 1 else ""),
                 file=sys.stderr,
             )
         print(f"{ref.registry}/{ref.repository}@{result.manifest_digest}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ocifs.digest import Digest
@@ -14,8 +15,10 @@ from ocifs.errors import FormatError
 from ocifs.format.checks import check_annotations, check_integer, check_layout, check_media_type
 from ocifs.format.media import (
     ANNOTATION_DIGEST,
+    ANNOTATION_LAYOUT,
     ANNOTATION_PATH,
     ANNOTATION_SIZE,
+    ANNOTATION_SLICE,
     ANNOTATION_TITLE,
     DEFAULT_ARTIFACT_TYPE,
     DEFAULT_CONFIG_MEDIA_TYPE,
@@ -23,13 +26,18 @@ from ocifs.format.media import (
     DEFAULT_LAYER_BUDGET,
     EMPTY_BLOB_DIGESTS,
     KIND_PLAIN,
+    LAYOUT_SLICES,
     MANIFEST_SCHEMA_VERSION,
     MAX_CHUNK_SIZE,
     MAX_FILE_SIZE,
+    MAX_INDEX_BYTES,
     MAX_LAYERS,
     MAX_MANIFEST_BYTES,
+    MAX_SLICES,
+    MAX_SLICES_TOTAL_BYTES,
     MEDIA_TYPE_CHUNK,
     MEDIA_TYPE_CHUNK_INDEX,
+    MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_MANIFEST,
     MIN_CHUNK_SIZE,
 )
@@ -152,10 +160,33 @@ def build_manifest(
     """
     if not 1 <= layer_budget <= MAX_LAYERS:
         raise ValueError(f"layer budget {layer_budget} outside 1..{MAX_LAYERS}")
+    config = _check_config(config, artifact_type)
+    layers = logical_layers(files)
+    if len(layers) > layer_budget:
+        raise FormatError(
+            f"manifest would have {len(layers)} layers, above the layer budget of {layer_budget}",
+            hint="use a larger chunk size (see plan_chunk_size) or raise the layer budget",
+        )
+    data = _manifest_bytes(layers, config, artifact_type, annotations)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FormatError(
+            f"manifest would be {len(data)} bytes, above the {MAX_MANIFEST_BYTES}-byte limit of registries",
+            hint="use a larger chunk size or shorter paths",
+        )
+    return data
+
+
+def _check_config(config: Descriptor | None, artifact_type: str | None) -> Descriptor:
     config = config if config is not None else EMPTY_DESCRIPTOR
     parse_descriptor(config.to_json(), where="config")  # what a reader will check (R6)
     if artifact_type is None and config == EMPTY_DESCRIPTOR:
         raise FormatError("artifactType is required when the config is the empty descriptor (image-spec)")
+    return config
+
+
+def logical_layers(files: Sequence[ChunkedEntry | PlainFile]) -> list[Descriptor]:
+    """The layers of ``files`` in order, as one manifest (or the slices of §14 together) lists
+    them; FormatError for what a reader would refuse (paths, titles, R10, R18, index size)."""
     paths = [validate_path(entry.path, f"file {show(entry.path)}") for entry in files]
     check_paths(paths, "manifest")
     layers: list[Descriptor] = []
@@ -166,6 +197,11 @@ def build_manifest(
                 entry.index.size, entry.index.chunks, entry.index.file_media_type, entry.index.file_digest
             )
             file = chunked_file(path, index)
+            if file.index.size > MAX_INDEX_BYTES:  # what a reader checks (R7)
+                raise FormatError(
+                    f"file {show(path)}: its chunk index would be {file.index.size} bytes, above {MAX_INDEX_BYTES}",
+                    hint="use a larger chunk size",
+                )
             warning = long_part_title_warning(path)
             if warning is not None:
                 log.warning("%s", warning)
@@ -193,11 +229,15 @@ def build_manifest(
             titles.add(title)
     chunked = {path for path, entry in zip(paths, files, strict=True) if isinstance(entry, ChunkedEntry)}
     check_part_names(paths, chunked, "manifest")  # what a reader checks (R18)
-    if len(layers) > layer_budget:
-        raise FormatError(
-            f"manifest would have {len(layers)} layers, above the layer budget of {layer_budget}",
-            hint="use a larger chunk size (see plan_chunk_size) or raise the layer budget",
-        )
+    return layers
+
+
+def _manifest_bytes(
+    layers: Sequence[Descriptor],
+    config: Descriptor,
+    artifact_type: str | None,
+    annotations: Mapping[str, str] | None,
+) -> bytes:
     manifest: dict[str, Any] = {
         "schemaVersion": MANIFEST_SCHEMA_VERSION,
         "mediaType": MEDIA_TYPE_MANIFEST,
@@ -208,13 +248,100 @@ def build_manifest(
         manifest["artifactType"] = check_media_type(artifact_type, "artifactType")
     if annotations:
         manifest["annotations"] = check_annotations(dict(annotations), "manifest annotations")
-    data = canonical_json(manifest)
-    if len(data) > MAX_MANIFEST_BYTES:
+    return canonical_json(manifest)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltArtifact:
+    """What a push PUTs: ``slices`` by digest first (none for one manifest), then ``top`` under
+    the tag; ``top`` is a manifest or, for the split layout (spec §14), the image index."""
+
+    top: bytes
+    media_type: str
+    slices: tuple[bytes, ...] = ()
+
+
+def build_artifact(
+    files: Sequence[ChunkedEntry | PlainFile],
+    *,
+    config: Descriptor | None = None,
+    artifact_type: str | None = DEFAULT_ARTIFACT_TYPE,
+    annotations: Mapping[str, str] | None = None,
+    layer_budget: int = DEFAULT_LAYER_BUDGET,
+    split: bool = True,
+) -> BuiltArtifact:
+    """One manifest for ``files`` when it fits ``layer_budget`` and 4 MiB (exactly
+    :func:`build_manifest`), else (``split``) the layout of spec §14: slices of consecutive
+    layers, each filled in order up to the budget and 4 MiB, and the image index naming them.
+    FormatError when even that cannot hold them (slices, their bytes, layers: spec §14)."""
+    if not 1 <= layer_budget <= MAX_LAYERS:
+        raise ValueError(f"layer budget {layer_budget} outside 1..{MAX_LAYERS}")
+    config = _check_config(config, artifact_type)
+    layers = logical_layers(files)
+    if len(layers) <= layer_budget:
+        data = _manifest_bytes(layers, config, artifact_type, annotations)
+        if len(data) <= MAX_MANIFEST_BYTES:
+            return BuiltArtifact(data, MEDIA_TYPE_MANIFEST)
+    if not split:
+        build_manifest(
+            files, config=config, artifact_type=artifact_type, annotations=annotations, layer_budget=layer_budget
+        )  # raises, saying which limit
+        raise AssertionError("unreachable")
+    if len(layers) > MAX_LAYERS:
+        raise FormatError(f"artifact would have {len(layers)} layers, above the limit of {MAX_LAYERS} of readers")
+    # Bytes of a slice without its layers, with room for its slice number; each layer adds its JSON and a comma.
+    user = dict(annotations or {})
+    base = len(_manifest_bytes([], config, artifact_type, {**user, ANNOTATION_SLICE: str(MAX_SLICES)}))
+    groups: list[list[Descriptor]] = [[]]
+    used = base
+    for layer in layers:
+        cost = len(canonical_json(layer.to_json())) + 1
+        if groups[-1] and (len(groups[-1]) >= layer_budget or used + cost > MAX_MANIFEST_BYTES):
+            groups.append([])
+            used = base
+        if base + cost > MAX_MANIFEST_BYTES:
+            raise FormatError(f"layer {layer.digest.short} alone does not fit a {MAX_MANIFEST_BYTES}-byte manifest")
+        groups[-1].append(layer)
+        used += cost
+    if len(groups) > MAX_SLICES:
         raise FormatError(
-            f"manifest would be {len(data)} bytes, above the {MAX_MANIFEST_BYTES}-byte limit of registries",
+            f"artifact would need {len(groups)} manifests of at most {layer_budget} layers,"
+            f" above the limit of {MAX_SLICES} manifests",
+            hint="use a larger chunk size or raise the layer budget",
+        )
+    slices = tuple(
+        _manifest_bytes(group, config, artifact_type, {**user, ANNOTATION_SLICE: str(n)})
+        for n, group in enumerate(groups)
+    )
+    if sum(len(s) for s in slices) > MAX_SLICES_TOTAL_BYTES:
+        raise FormatError(
+            f"artifact's manifests would take {sum(len(s) for s in slices)} bytes, above the"
+            f" {MAX_SLICES_TOTAL_BYTES}-byte limit of readers",
             hint="use a larger chunk size or shorter paths",
         )
-    return data
+    entries: list[dict[str, Any]] = []
+    for n, data in enumerate(slices):
+        entry: dict[str, Any] = {
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "digest": str(Digest.of_bytes(data)),
+            "size": len(data),
+            "annotations": {ANNOTATION_SLICE: str(n)},
+        }
+        if artifact_type is not None:
+            entry["artifactType"] = artifact_type
+        entries.append(entry)
+    index: dict[str, Any] = {
+        "schemaVersion": MANIFEST_SCHEMA_VERSION,
+        "mediaType": MEDIA_TYPE_IMAGE_INDEX,
+        "manifests": entries,
+        "annotations": check_annotations({**user, ANNOTATION_LAYOUT: LAYOUT_SLICES}, "index annotations"),
+    }
+    if artifact_type is not None:
+        index["artifactType"] = artifact_type
+    top = canonical_json(index)
+    if len(top) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"image index would be {len(top)} bytes, above the {MAX_MANIFEST_BYTES}-byte limit")
+    return BuiltArtifact(top, MEDIA_TYPE_IMAGE_INDEX, slices)
 
 
 # Bytes a manifest needs besides its layers (config, artifactType, a few annotations): reserved by

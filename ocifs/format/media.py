@@ -33,6 +33,11 @@ ANNOTATION_SIZE = "dev.ocifs.size"
 ANNOTATION_DIGEST = "dev.ocifs.digest"
 # ORAS marks a directory it packed as a gzip-compressed tar with this annotation set to "true".
 ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"
+# The split layout (spec §14): on the image index, marks it as one artifact cut into slices; on
+# each slice manifest and its descriptor in the index, the slice's position (canonical decimal).
+ANNOTATION_LAYOUT = "dev.ocifs.layout"
+LAYOUT_SLICES = "slices.v1"
+ANNOTATION_SLICE = "dev.ocifs.slice"
 
 # --- File kinds (what a reader presents a file as: user.ocifs.kind) -----------------------------
 
@@ -74,6 +79,16 @@ MIN_CHUNK_SIZE = 1
 MAX_CHUNK_SIZE = 1024 * 1024 * 1024
 # Sizes are signed 64-bit integers in image-spec and in every registry implementation.
 MAX_FILE_SIZE = 2**63 - 1
+# The split layout (spec §14): one request per slice when an artifact is opened bounds the count;
+# the slices' total bytes bound what a reader fetches before it validates (100,000 layers of
+# ~250 bytes are ~25 MB).
+MIN_SLICES = 2
+MAX_SLICES = 1000
+MAX_SLICES_TOTAL_BYTES = 64 * 1024 * 1024
+# A pusher grows the chunk size only up to this before it splits an artifact over several
+# manifests: larger chunks make every lazy read fetch more, and registries cope badly with single
+# uploads of >= 100 MB (Docker Hub, Harbor behind proxies); an extra manifest costs one request.
+SPLIT_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_COMPONENT_BYTES = 255  # Linux NAME_MAX
 MAX_PATH_DEPTH = 32

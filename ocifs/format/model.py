@@ -229,6 +229,8 @@ class Artifact:
     skipped: tuple[Descriptor, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
     unrecognised: tuple[str, ...] = ()
+    # The split layout (spec §14): the slices' descriptors, in order; empty for one manifest.
+    slices: tuple[Descriptor, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "annotations", _frozen_mapping(self.annotations))

@@ -8,7 +8,8 @@ its descriptor digest, which is an :class:`~ocifs.errors.IntegrityError`. Must n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from ocifs.digest import Digest
 from ocifs.errors import FormatError, IntegrityError
@@ -25,13 +26,16 @@ from ocifs.format.checks import (
 )
 from ocifs.format.media import (
     ANNOTATION_DIGEST,
+    ANNOTATION_LAYOUT,
     ANNOTATION_ORAS_UNPACK,
     ANNOTATION_PATH,
     ANNOTATION_SIZE,
+    ANNOTATION_SLICE,
     EMPTY_BLOB_DIGESTS,
     INDEX_SCHEMA_VERSION,
     KIND_ORAS_DIRECTORY,
     KIND_PLAIN,
+    LAYOUT_SLICES,
     MANIFEST_SCHEMA_VERSION,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
@@ -39,6 +43,8 @@ from ocifs.format.media import (
     MAX_INDEX_BYTES,
     MAX_LAYERS,
     MAX_MANIFEST_BYTES,
+    MAX_SLICES,
+    MAX_SLICES_TOTAL_BYTES,
     MEDIA_TYPE_CHUNK,
     MEDIA_TYPE_CHUNK_INDEX,
     MEDIA_TYPE_DOCKER_MANIFEST,
@@ -46,6 +52,7 @@ from ocifs.format.media import (
     MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_MANIFEST,
     MIN_CHUNK_SIZE,
+    MIN_SLICES,
     ORAS_DIRECTORY_SUFFIX,
 )
 from ocifs.format.messages import json_type, show
@@ -74,6 +81,11 @@ def parse_manifest(data: bytes, *, max_layers: int = MAX_LAYERS) -> Artifact:
     version = doc.get("schemaVersion")
     if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:
         raise FormatError(f"manifest schemaVersion {show(version)} is not supported (expected 2)")
+    return _artifact_of(doc, Digest.of_bytes(data), media_type, max_layers)
+
+
+def _artifact_of(doc: dict[str, object], digest: Digest, media_type: str, max_layers: int) -> Artifact:
+    """R5–R13, R18–R20 on a manifest object whose R1–R4 have been checked."""
     # R5
     config = parse_descriptor(doc.get("config"), where="manifest config")
     # "when present" means present and not null: JSON null is refused wherever the spec names a type.
@@ -120,7 +132,7 @@ def parse_manifest(data: bytes, *, max_layers: int = MAX_LAYERS) -> Artifact:
     check_paths(paths, "manifest")  # R12
     check_part_names(paths, {f.path for f in files if isinstance(f, ChunkedFile)}, "manifest")  # R18
     return Artifact(
-        Digest.of_bytes(data),
+        digest,
         media_type,
         artifact_type,
         config,
@@ -267,3 +279,121 @@ def parse_chunk_index(data: bytes, expected: ChunkedFile) -> ChunkIndex:
     if file_digest is None:
         file_digest = expected.file_digest
     return ChunkIndex(size, file_media_type, file_digest, tuple(refs))
+
+
+# --- the split layout (spec §14) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SplitIndex:
+    """An image index of ours (R21, R22): the slices to fetch, in order, and the index's metadata."""
+
+    digest: Digest
+    artifact_type: str | None
+    annotations: Mapping[str, str]
+    slices: tuple[Descriptor, ...]
+
+
+def is_split_index(data: bytes) -> bool:
+    """Whether ``data`` is an image index that says it is a split artifact (R21); False for anything
+    else (a foreign index, a manifest, garbage): the caller refuses those as it always has."""
+    try:
+        doc = load_json(data, "image index", MAX_MANIFEST_BYTES)
+    except FormatError:
+        return False
+    annotations = doc.get("annotations") if isinstance(doc, dict) else None
+    return isinstance(annotations, dict) and ANNOTATION_LAYOUT in annotations
+
+
+def parse_split_index(data: bytes) -> SplitIndex:
+    """Parse and validate an untrusted image index of the split layout (rules R21, R22)."""
+    where = "image index"
+    doc = check_object(load_json(data, where, MAX_MANIFEST_BYTES), where)  # R21: R1, R2
+    annotations = check_annotations(doc["annotations"], f"{where} annotations") if "annotations" in doc else {}
+    layout = annotations.get(ANNOTATION_LAYOUT)
+    if layout != LAYOUT_SLICES:  # R21
+        raise FormatError(f"{where}: unsupported {ANNOTATION_LAYOUT} {show(layout)} (expected {LAYOUT_SLICES})")
+    if doc.get("mediaType") != MEDIA_TYPE_IMAGE_INDEX:
+        raise FormatError(f"{where}: mediaType {show(doc.get('mediaType'))} is not {MEDIA_TYPE_IMAGE_INDEX}")
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:
+        raise FormatError(f"{where}: schemaVersion {show(version)} is not supported (expected 2)")
+    artifact_type = None
+    if "artifactType" in doc:
+        artifact_type = check_media_type(doc["artifactType"], f"{where} artifactType")
+    raw = doc.get("manifests")  # R22
+    if not isinstance(raw, list):
+        raise FormatError(f"{where}: manifests must be an array, got {json_type(raw)}")
+    if not MIN_SLICES <= len(raw) <= MAX_SLICES:
+        raise FormatError(f"{where}: {len(raw)} manifests, outside {MIN_SLICES}..{MAX_SLICES}")
+    slices: list[Descriptor] = []
+    for n, obj in enumerate(raw):
+        slice_where = f"{where} manifests[{n}]"
+        d = parse_descriptor(obj, where=slice_where)
+        if d.media_type != MEDIA_TYPE_MANIFEST:
+            raise FormatError(f"{slice_where}: mediaType {d.media_type} is not {MEDIA_TYPE_MANIFEST}")
+        if d.digest.algorithm != "sha256":
+            raise FormatError(f"{slice_where}: digest {d.digest} is not sha256")
+        check_integer(d.size, f"{slice_where} size", 1, MAX_MANIFEST_BYTES)
+        if d.annotations.get(ANNOTATION_SLICE) != str(n):
+            raise FormatError(f"{slice_where}: annotation {ANNOTATION_SLICE} is not {n}")
+        slices.append(d)
+    total = sum(d.size for d in slices)
+    if total > MAX_SLICES_TOTAL_BYTES:
+        raise FormatError(f"{where}: its manifests total {total} bytes, above the limit of {MAX_SLICES_TOTAL_BYTES}")
+    return SplitIndex(Digest.of_bytes(data), artifact_type, annotations, tuple(slices))
+
+
+def merge_slices(index: SplitIndex, slices: Sequence[bytes], *, max_layers: int = MAX_LAYERS) -> Artifact:
+    """The one artifact of a split index and its slices' bytes, in order (rules R23, R24).
+
+    Each slice must be exactly its descriptor's bytes (a wrong sha256 is an IntegrityError); the
+    concatenated layers are validated as one manifest's (R5–R20). The artifact's digest is the
+    index's, its ``slices`` the slices' descriptors.
+    """
+    if len(slices) != len(index.slices):
+        raise FormatError(f"image index names {len(index.slices)} manifests, {len(slices)} given")
+    layers: list[object] = []
+    config: object = None
+    artifact_type: object = None
+    for n, (descriptor, data) in enumerate(zip(index.slices, slices, strict=True)):
+        where = f"image index manifests[{n}]"
+        if len(data) != descriptor.size:  # R23
+            raise FormatError(f"{where} is {len(data)} bytes but its descriptor says {descriptor.size}")
+        if not descriptor.digest.matches(data):
+            raise IntegrityError(f"{where} does not match its digest {descriptor.digest}")
+        doc = check_object(load_json(data, where, MAX_MANIFEST_BYTES), where)
+        if doc.get("mediaType", MEDIA_TYPE_MANIFEST) != MEDIA_TYPE_MANIFEST or "manifests" in doc:
+            raise FormatError(f"{where} is not an image manifest")
+        version = doc.get("schemaVersion")
+        if type(version) is not int or version != MANIFEST_SCHEMA_VERSION:
+            raise FormatError(f"{where}: schemaVersion {show(version)} is not supported (expected 2)")
+        slice_annotations = (
+            check_annotations(doc["annotations"], f"{where} annotations") if "annotations" in doc else {}
+        )
+        if slice_annotations.get(ANNOTATION_SLICE) != str(n):
+            raise FormatError(f"{where}: annotation {ANNOTATION_SLICE} is not {n}")
+        parse_descriptor(doc.get("config"), where=f"{where} config")
+        if n == 0:
+            config = doc.get("config")
+        elif doc.get("config") != config:
+            raise FormatError(f"{where}: its config differs from that of manifests[0]")
+        if n == 0:
+            artifact_type = doc.get("artifactType")
+        elif doc.get("artifactType") != artifact_type:
+            raise FormatError(f"{where}: artifactType {show(doc.get('artifactType'))} differs from manifests[0]'s")
+        # Copy tools may drop the index's artifactType when they re-serialise it (skopeo does).
+        if index.artifact_type is not None and doc.get("artifactType") != index.artifact_type:
+            raise FormatError(f"{where}: artifactType {show(doc.get('artifactType'))} differs from the index's")
+        raw_layers = doc.get("layers")
+        if not isinstance(raw_layers, list):
+            raise FormatError(f"{where} layers must be an array, got {json_type(raw_layers)}")
+        layers.extend(raw_layers)
+        if len(layers) > max_layers:
+            raise FormatError(f"image index: its manifests have more than {max_layers} layers")
+    merged: dict[str, object] = {"config": config, "layers": layers}  # R24
+    if artifact_type is not None:
+        merged["artifactType"] = artifact_type
+    merged["annotations"] = dict(index.annotations)
+    artifact = _artifact_of(merged, index.digest, MEDIA_TYPE_IMAGE_INDEX, max_layers)
+    return replace(artifact, slices=index.slices)

@@ -5,6 +5,7 @@ budget and the 4 MiB manifest limit (docs/spec.md §7).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ocifs.errors import FormatError
 from ocifs.format.build import is_chunked
@@ -17,16 +18,24 @@ from ocifs.format.media import (
     DEFAULT_LAYER_BUDGET,
     EMPTY_BLOB_DIGEST,
     MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
     MAX_FILE_SIZE,
     MAX_INDEX_BYTES,
+    MAX_LAYERS,
     MAX_MANIFEST_BYTES,
+    MAX_SLICES,
+    MAX_SLICES_TOTAL_BYTES,
     MEDIA_TYPE_CHUNK,
     MEDIA_TYPE_CHUNK_INDEX,
     MIN_CHUNK_SIZE,
+    SPLIT_CHUNK_SIZE,
 )
 from ocifs.format.model import Descriptor, canonical_json
 
 _MANIFEST_RESERVE = 64 * 1024
+# Chunks one chunk index can list within the reader's 8 MiB (R1, R7): an entry is at most
+# {"digest":"sha256:<64>","offset":<19 digits>,"size":<10 digits>}, 131 bytes and a comma.
+MAX_CHUNKS_PER_INDEX = min(MAX_CHUNKS, (MAX_INDEX_BYTES - 1024) // 132)
 
 
 def plan_chunk_size(
@@ -48,16 +57,7 @@ def plan_chunk_size(
         raise ValueError(f"chunk size {chunk_size} outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
     escaped = [(len(canonical_json(path)) - 2, size) for path, size in files]
     while True:
-        layers, estimate = 0, 0
-        for path_bytes, size in escaped:
-            if is_chunked(size, chunk_size):
-                count = -(-size // chunk_size)
-                layers += 1 + count
-                estimate += _INDEX_DESCRIPTOR_BYTES + path_bytes
-                estimate += count * (_CHUNK_DESCRIPTOR_BYTES + path_bytes + len(str(chunk_size)))
-            else:
-                layers += 1
-                estimate += _PLAIN_DESCRIPTOR_BYTES + path_bytes
+        layers, estimate = _estimate(escaped, chunk_size)
         if layers <= layer_budget and estimate <= MAX_MANIFEST_BYTES - _MANIFEST_RESERVE:
             return chunk_size
         if chunk_size >= MAX_CHUNK_SIZE or not grow:
@@ -68,6 +68,76 @@ def plan_chunk_size(
             with_chunks = f"even with {chunk_size}-byte chunks" if grow else f"with {chunk_size}-byte chunks"
             raise FormatError(
                 f"{len(files)} file(s) need {why} {with_chunks}",
+                hint="push the files as several artifacts or raise the layer budget",
+            )
+        chunk_size = min(chunk_size * 2, MAX_CHUNK_SIZE)
+
+
+def _estimate(escaped: Sequence[tuple[int, int]], chunk_size: int) -> tuple[int, int]:
+    """(layers, upper bound of their manifest bytes) of files given as (escaped path bytes, size)."""
+    layers, estimate = 0, 0
+    for path_bytes, size in escaped:
+        if is_chunked(size, chunk_size):
+            count = -(-size // chunk_size)
+            layers += 1 + count
+            estimate += _INDEX_DESCRIPTOR_BYTES + path_bytes
+            estimate += count * (_CHUNK_DESCRIPTOR_BYTES + path_bytes + len(str(chunk_size)))
+        else:
+            layers += 1
+            estimate += _PLAIN_DESCRIPTOR_BYTES + path_bytes
+    return layers, estimate
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A push's plan: its chunk size and how many manifests (1, or the slices of spec §14)."""
+
+    chunk_size: int
+    manifests: int
+
+
+def plan_layout(
+    files: Sequence[tuple[str, int]],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    layer_budget: int = DEFAULT_LAYER_BUDGET,
+    grow: bool = True,
+) -> Layout:
+    """One manifest when it fits (growing the chunk size up to 64 MiB, :data:`SPLIT_CHUNK_SIZE`,
+    when ``grow``), else the split layout of spec §14 at that chunk size. Beyond it the chunk
+    size still doubles (to 1 GiB) when ``grow`` and a file would have more chunks than one index
+    may hold (99,999, 8 MiB) or the artifact more layers, manifests or manifest bytes than a
+    reader takes. FormatError when no chunk size allowed fits; the manifest count is an estimate
+    (upper-bound descriptor sizes), :func:`ocifs.format.build.build_artifact` makes the slices."""
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size {chunk_size} outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
+    escaped = [(len(canonical_json(path)) - 2, size) for path, size in files]
+    room = MAX_MANIFEST_BYTES - _MANIFEST_RESERVE
+    while True:
+        layers, estimate = _estimate(escaped, chunk_size)
+        if layers <= layer_budget and estimate <= room:
+            return Layout(chunk_size, 1)
+        if grow and chunk_size < SPLIT_CHUNK_SIZE:
+            chunk_size = min(chunk_size * 2, SPLIT_CHUNK_SIZE)
+            continue
+        # Slices filled in order: count-bound or byte-bound, plus one for where they meet.
+        slices = max(-(-layers // layer_budget), -(-estimate // room)) + 1
+        most_chunks = max((-(-size // chunk_size) for _, size in escaped if is_chunked(size, chunk_size)), default=0)
+        problems = []
+        if most_chunks > MAX_CHUNKS_PER_INDEX:
+            problems.append(f"a file of {most_chunks} chunks, above the {MAX_CHUNKS_PER_INDEX} one chunk index holds")
+        if layers > MAX_LAYERS:
+            problems.append(f"{layers} layers, above the {MAX_LAYERS} readers accept")
+        if slices > MAX_SLICES:
+            problems.append(f"~{slices} manifests of at most {layer_budget} layers, above the limit of {MAX_SLICES}")
+        if estimate > MAX_SLICES_TOTAL_BYTES - slices * _MANIFEST_RESERVE:
+            problems.append(f"~{estimate} manifest bytes, above the {MAX_SLICES_TOTAL_BYTES} readers fetch")
+        if not problems:
+            return Layout(chunk_size, max(slices - 1, 2))
+        if not grow or chunk_size >= MAX_CHUNK_SIZE:
+            with_chunks = f"even with {chunk_size}-byte chunks" if grow else f"with {chunk_size}-byte chunks"
+            raise FormatError(
+                f"{len(files)} file(s) need {problems[0]} {with_chunks}",
                 hint="push the files as several artifacts or raise the layer budget",
             )
         chunk_size = min(chunk_size * 2, MAX_CHUNK_SIZE)
