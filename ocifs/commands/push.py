@@ -274,11 +274,8 @@ def _walk_error(exc: OSError) -> None:
     raise UsageError(f"cannot read directory {exc.filename}: {exc.strerror}")
 
 
-def choose_chunk_size(
-    files: list[SourceFile], chunk_size: int, max_layers: int, *, pinned: bool = False, budget_source: str = ""
-) -> int:
-    """The requested chunk size, doubled until the manifest fits the layer budget and 4 MiB
-    (kept as it is when ``pinned``). UsageError, before anything is sent, when it cannot fit."""
+def _check_sizes(chunk_size: int, max_layers: int) -> None:
+    """The chunk size and layer budget a user may ask for (readers' limits, docs/spec.md §7)."""
     if chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1 byte")
     if chunk_size > MAX_CHUNK_SIZE:
@@ -288,18 +285,32 @@ def choose_chunk_size(
         )
     if not 1 <= max_layers <= MAX_LAYERS:
         raise UsageError(f"--max-layers {max_layers} is outside 1..{MAX_LAYERS}, what ocifs readers accept")
+
+
+def _refusal(exc: OcifsError, *, pinned: bool, budget_source: str, split: bool) -> UsageError:
+    """The one line for an artifact that cannot be laid out, before anything is sent."""
+    source = f" ({budget_source})" if budget_source else ""
+    remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
+    also = "" if split else " (without --single-manifest, push lays the artifact out over several manifests)"
+    return UsageError(
+        f"refused before upload: {exc.message}{source}",
+        hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}"
+        + also,
+    )
+
+
+def choose_chunk_size(
+    files: list[SourceFile], chunk_size: int, max_layers: int, *, pinned: bool = False, budget_source: str = ""
+) -> int:
+    """The requested chunk size, doubled until the manifest fits the layer budget and 4 MiB
+    (kept as it is when ``pinned``). UsageError, before anything is sent, when it cannot fit."""
+    _check_sizes(chunk_size, max_layers)
     try:
         return plan_chunk_size(
             [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
         )
     except OcifsError as exc:
-        source = f" ({budget_source})" if budget_source else ""
-        remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
-        raise UsageError(
-            f"refused before upload: {exc.message}{source}",
-            hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}"
-            " (without --single-manifest, push lays the artifact out over several manifests)",
-        ) from None
+        raise _refusal(exc, pinned=pinned, budget_source=budget_source, split=False) from None
 
 
 def choose_layout(
@@ -317,20 +328,13 @@ def choose_layout(
     before anything is sent, when even several manifests cannot hold the files."""
     if not split:
         return Layout(choose_chunk_size(files, chunk_size, max_layers, pinned=pinned, budget_source=budget_source), 1)
-    choose_chunk_size(files, chunk_size, MAX_LAYERS, pinned=False)  # the argument checks, nothing else
-    if not 1 <= max_layers <= MAX_LAYERS:
-        raise UsageError(f"--max-layers {max_layers} is outside 1..{MAX_LAYERS}, what ocifs readers accept")
+    _check_sizes(chunk_size, max_layers)
     try:
         return plan_layout(
             [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
         )
     except OcifsError as exc:
-        source = f" ({budget_source})" if budget_source else ""
-        remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
-        raise UsageError(
-            f"refused before upload: {exc.message}{source}",
-            hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}",
-        ) from None
+        raise _refusal(exc, pinned=pinned, budget_source=budget_source, split=True) from None
 
 
 def check_types(options: PushOptions) -> None:
