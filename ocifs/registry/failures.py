@@ -127,7 +127,7 @@ class Failures:
         return RegistryError(
             f"{where}: {what or 'request'}: the storage host {printable(host)} refused the redirected download "
             f"({status}): a signed URL may have expired or the host's clock is off",
-            hint=f"asked the registry for a fresh redirect {self.attempts} times; check this machine's clock, "
+            hint=f"each of {self.attempts} redirects from the registry was refused; check this machine's clock, "
             "or try again later",
             status=status,
         )
