@@ -19,6 +19,7 @@ from ocifs.errors import (
     FormatError,
     IntegrityError,
     NotFound,
+    PermissionDenied,
     RegistryError,
     RegistryUnavailable,
 )
@@ -300,6 +301,59 @@ async def test_cross_host_redirect_drops_authorization() -> None:
         assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
     assert seen["registry"] is not None and seen["registry"].startswith("Basic ")
     assert seen["cdn"] is None
+
+
+async def test_a_storage_host_refusing_an_expired_signed_url_gets_a_fresh_redirect() -> None:
+    """S3, GCS and CloudFront answer an expired signed URL with 403: the registry is asked
+    again, redirects to a freshly signed URL, and that one serves."""
+    registry_gets: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.test":
+            registry_gets.append(request.url.path)
+            return httpx.Response(307, headers={"Location": f"https://cdn.example/blob?sig={len(registry_gets)}"})
+        if request.url.params["sig"] == "1":  # the first signature has expired
+            return httpx.Response(403, text="<Error><Code>AccessDenied</Code>Request has expired</Error>")
+        return httpx.Response(200, content=BLOB)
+
+    async with client_for(handler) as client:
+        assert await client.get_blob("r", DIGEST, len(BLOB)) == BLOB
+    assert len(registry_gets) == 2
+
+
+@pytest.mark.parametrize("status", [403, 401, 400])
+async def test_a_storage_host_that_keeps_refusing_is_named_not_the_credentials(status: int) -> None:
+    registry_gets: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.test":
+            if "authorization" not in request.headers:
+                return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="test"'})
+            registry_gets.append(request.url.path)
+            return httpx.Response(307, headers={"Location": "https://cdn.example:8443/blob?sig=old"})
+        return httpx.Response(status, headers={"WWW-Authenticate": 'Basic realm="cdn"'}, text="expired")
+
+    async with client_for(handler, credentials=Credentials("alice", "s3cret")) as client:
+        with pytest.raises(RegistryError) as info:
+            await client.get_blob("models/x", DIGEST, len(BLOB))
+    message = info.value.message
+    assert message == (
+        f"registry.test/models/x: blob {DIGEST.short}: the storage host cdn.example:8443 refused the redirected "
+        f"download ({status}): a signed URL may have expired or the host's clock is off"
+    ), message
+    assert not isinstance(info.value, AuthenticationError | RegistryUnavailable)
+    assert "\n" not in str(info.value) and "credentials" not in str(info.value)
+    assert len(registry_gets) == FAST.attempts  # bounded by the one policy
+
+
+async def test_the_registrys_own_403_still_blames_the_credentials() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"errors": [{"code": "DENIED", "message": "no"}]})
+
+    async with client_for(handler) as client:
+        with pytest.raises(PermissionDenied) as info:
+            await client.get_blob("r", DIGEST, len(BLOB))
+    assert "storage host" not in str(info.value) and "lack permission" in (info.value.hint or "")
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
 """Blobs redirected to a storage host, as production registries serve them: distribution's
 ``redirect`` middleware sends every blob GET to nginx serving the registry's storage. Push,
 pull and a lazy mount work through it with Basic auth, the bytes come from the storage host,
-and no credential ever reaches it.
+and no credential ever reaches it. When the storage host refuses (expired signed URLs), a
+mount asks the registry again, says which host refused, and recovers once it serves again.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -90,3 +92,49 @@ def test_push_pull_and_mount_through_a_redirecting_registry(
         "pull", ref, "-o", str(tmp_path / "anon"), "--cache-dir", str(tmp_path / "anon-cache"), env=anonymous
     )
     assert refused.returncode != 0 and "authentication" in refused.stderr, refused.stderr
+
+
+def test_a_mount_survives_a_storage_host_refusing_its_signed_urls(
+    cdn_registry: tuple[RegistryServer, StorageHost], docker_config: DockerConfig, mounts: Mounter, tmp_path: Path
+) -> None:
+    """The signed URLs "expire" during a mount: the storage host answers 403. A cold read asks
+    the registry again (a fresh redirect) a bounded number of times, then fails with EIO and the
+    daemon names the storage host, not the credentials; once the host serves again, the next
+    cold read works — the daemon never died."""
+    server, storage = cdn_registry
+    docker_config.add_auth(server)
+    model = os.urandom(4 * CHUNK)
+    (tmp_path / "model.bin").write_bytes(model)
+    ref = f"{server.host}/cdn/expiring:v1"
+    pushed = ocifs("push", ref, str(tmp_path / "model.bin"), "--chunk-size", "1M", "-q")
+    assert pushed.returncode == 0, pushed.stderr
+
+    mount = mounts(ref, "--prefetch", "off", "--retries", "3", cache=tmp_path / "mount-cache")
+    path = mount.path / "model.bin"
+    with open(path, "rb") as f:  # the chunk index and chunk 0 arrive through the storage host
+        assert f.read(4096) == model[:4096]
+
+    with storage.refusing():
+        before = len(blob_gets(storage))
+        with open(path, "rb") as f, pytest.raises(OSError) as info:
+            f.seek(2 * CHUNK)
+            f.read(4096)
+        assert info.value.errno == errno.EIO
+        refused = blob_gets(storage)[before:]
+        assert refused and all(" 403 " in line for line in refused), refused
+        log = mount.log_text()
+        host = f"127.0.0.1:{storage.port}"
+        failed = [line for line in log.splitlines() if "failed (EIO)" in line]
+        assert failed and all(
+            f"the storage host {host} refused the redirected download (403)" in line for line in failed
+        ), log
+        # The kernel may split the read (readahead): each failed read made --retries attempts,
+        # each a fresh redirect from the registry, and no more.
+        assert len(refused) == 3 * len(failed), (refused, log)
+        assert "a signed URL may have expired" in log and "lack permission" not in log, log
+        assert mount.alive()
+
+    with open(path, "rb") as f:
+        f.seek(2 * CHUNK)
+        assert f.read(4096) == model[2 * CHUNK : 2 * CHUNK + 4096]
+    assert mount.alive()

@@ -17,6 +17,7 @@ transport carries nothing (everything goes through httpx, which honours the prox
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.client
 import logging
@@ -42,6 +43,7 @@ from ocifs.registry.transport import (
     SizeMismatch,
     content_range_total,
     excess_read_limit,
+    host_name,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class FastResponse:
     data: bytes | None = None
     body: bytes = b""
     error: BaseException | None = None
+    host: str | None = None  # the redirect target on another origin that answered, if one did
 
 
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -117,7 +120,7 @@ class ThreadedTransport:
         # An answer the request accepts but this transport does not read (a 200 with the whole
         # blob to a Range request, as a registry may send): the general transport reads it.
         declined = outcome.status in request.expected
-        return Answer(outcome.status, outcome.headers, body=outcome.body, declined=declined)
+        return Answer(outcome.status, outcome.headers, body=outcome.body, declined=declined, storage_host=outcome.host)
 
 
 class FastBlobReader:
@@ -162,6 +165,8 @@ class FastBlobReader:
         for _ in range(_MAX_REDIRECTS + 1):
             outcome, location = self._get_once(origin, target, send, expected, offset)
             if location is None:
+                if origin != self._origin:
+                    outcome = dataclasses.replace(outcome, host=host_name(*origin))
                 return outcome
             try:
                 parts = urlsplit(urljoin(_url(origin, target), location))

@@ -27,7 +27,7 @@ from ocifs.registry.auth import Challenge, TokenAuthority, basic_header, parse_c
 from ocifs.registry.blobio import ThreadedTransport
 from ocifs.registry.credentials import Credentials, CredentialSource
 from ocifs.registry.failures import Failures, describe_transport_error, redirect_reason
-from ocifs.registry.transient import is_retryable_exception, is_retryable_status
+from ocifs.registry.transient import is_retryable_exception, is_retryable_status, is_storage_refusal
 from ocifs.registry.transport import Answer, ClientStats, RedirectError, Request, SizeMismatch, Transport
 from ocifs.retry import RetryPolicy
 
@@ -77,7 +77,7 @@ class RequestEngine:
         attempts = self.policy.attempts if request.resend else 1
         what = request.what or request.method
         auth_retried = refreshed = False
-        attempt = 0
+        attempt = refusals = 0
         while True:
             attempt += 1
             headers = dict(request.headers)
@@ -131,6 +131,27 @@ class RequestEngine:
                 await trio.sleep(delay)
                 continue
             status = answer.status
+            storage = answer.storage_host
+            if storage is not None and is_storage_refusal(status, storage):
+                # A redirect target elsewhere (object storage, a CDN) refused its signed URL,
+                # most likely expired during a long mount: the registry, asked again, redirects
+                # to a fresh one. Not an auth round trip: the credentials never went there.
+                if attempt >= attempts:
+                    raise self.failures.storage_refused(what, storage, status, request.repository)
+                # The first fresh redirect at once (an expired URL is fixed by it); then back off.
+                delay = self.policy.backoff(attempt - 1) if refusals else 0.0
+                refusals += 1
+                log.debug(
+                    "%s %s: the storage host %s answered HTTP %s, asking the registry again in %.1fs",
+                    request.method,
+                    _safe_path(request.url),
+                    storage,
+                    status,
+                    delay,
+                )
+                self.stats.retries += 1
+                await trio.sleep(delay)
+                continue
             if status == 401 and not auth_retried:
                 challenge = parse_challenge(answer.headers.get("www-authenticate"))
                 if challenge is not None and (challenge.scheme == "bearer" or used):

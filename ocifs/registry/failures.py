@@ -119,6 +119,19 @@ class Failures:
             hint="the registry (or a proxy in front of it) is misconfigured",
         )
 
+    def storage_refused(self, what: str, host: str, status: int, repository: str | None) -> RegistryError:
+        """A redirect target on another origin (object storage, a CDN) kept refusing the signed
+        URLs the registry redirected to, fresh ones included. Not the registry's credentials:
+        they never reach that host."""
+        where = f"{self.registry}/{repository}" if repository else self.registry
+        return RegistryError(
+            f"{where}: {what or 'request'}: the storage host {printable(host)} refused the redirected download "
+            f"({status}): a signed URL may have expired or the host's clock is off",
+            hint=f"each of {self.attempts} redirects from the registry was refused; check this machine's clock, "
+            "or try again later",
+            status=status,
+        )
+
     def size_mismatch(self, repository: str, text: str, exc: SizeMismatch | None) -> BlobSizeMismatch:
         return BlobSizeMismatch(
             f"{self.registry}/{repository}: {text}",

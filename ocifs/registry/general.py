@@ -26,7 +26,7 @@ from ocifs.registry.bodies import (
     skip_redirect_body,
 )
 from ocifs.registry.failures import refuse_encoded, token_service_error
-from ocifs.registry.transport import UPLOAD_SLICE, Answer, Request
+from ocifs.registry.transport import UPLOAD_SLICE, Answer, Request, host_name
 
 T = TypeVar("T")
 
@@ -65,6 +65,8 @@ class GeneralTransport:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._registry = registry
+        base = httpx.URL(base_url)
+        self._origin = (base.scheme, base.host, base.port)
         self._http = httpx.AsyncClient(
             base_url=base_url,
             verify=verify,  # the client's one TLS configuration (ocifs.registry.tls), never certifi
@@ -107,7 +109,10 @@ class GeneralTransport:
                     value = await request.read(response)
                     return Answer(status, response.headers, str(response.url), value=value, accepted=True)
                 found = await read_error_body(response) if excerpt(status) else b""
-                return Answer(status, response.headers, str(response.url), body=found)
+                url = response.url
+                elsewhere = bool(response.history) and (url.scheme, url.host, url.port) != self._origin
+                storage = host_name(url.scheme, url.host, url.port) if elsewhere else None
+                return Answer(status, response.headers, str(url), body=found, storage_host=storage)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:

@@ -10,6 +10,10 @@ file descriptors (EMFILE/ENFILE) is retried too (other requests end and give the
 reported as what it is, not as a network problem. A certificate that fails verification is not
 retried: the same certificate comes back every time; nor is a handshake the server ended over the
 client certificate.
+
+A refusal (400, 401, 403) from a redirect target on another origin than the registry's —
+object storage or a CDN serving a signed URL — usually means the signature expired (S3, GCS and
+CloudFront answer so): the registry is asked again, which redirects to a freshly signed URL.
 """
 
 from __future__ import annotations
@@ -22,11 +26,19 @@ from ocifs.errors import find_cause
 from ocifs.registry.tls import is_client_certificate_refused
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: What a storage host answers a signed URL it no longer honours with (expired, clock skew).
+STORAGE_REFUSALS = frozenset({400, 401, 403})
 
 
 def is_retryable_status(status: int) -> bool:
     """Whether an HTTP status means "try again later" rather than "this will never work"."""
     return status in RETRYABLE_STATUS
+
+
+def is_storage_refusal(status: int, storage_host: str | None) -> bool:
+    """Whether an answer is a redirect target's refusal of its signed URL: worth a fresh
+    redirect from the registry (``storage_host``: who answered, None for the registry)."""
+    return storage_host is not None and status in STORAGE_REFUSALS
 
 
 def is_retryable_exception(exc: BaseException) -> bool:

@@ -67,7 +67,9 @@ class Answer(Generic[T]):
     ``headers`` (names lower case or case-insensitive), ``body`` (an excerpt of an error
     answer) or ``error`` (the transport failure, kept as raised) describe it. ``declined``: an
     answer this transport does not read (the threaded one, given a whole blob for a range):
-    the engine sends the attempt again on the general transport."""
+    the engine sends the attempt again on the general transport. ``storage_host``: the answer
+    came from a redirect target on another origin than the registry's (object storage, a CDN),
+    named ``host[:port]``; None when the registry itself answered."""
 
     status: int
     headers: Mapping[str, str]
@@ -77,6 +79,7 @@ class Answer(Generic[T]):
     body: bytes = b""
     error: BaseException | None = None
     declined: bool = False
+    storage_host: str | None = None
 
 
 class Transport(Protocol):
@@ -147,3 +150,9 @@ def content_range_total(value: str | None) -> int | None:
     """The complete length in ``Content-Range: bytes A-B/TOTAL`` (or ``*/TOTAL``), if given."""
     total = (value or "").rpartition("/")[2].strip()
     return int(total) if total.isdigit() else None
+
+
+def host_name(scheme: str, host: str, port: int | None) -> str:
+    """``host[:port]`` of an origin for messages; the port only when it is not the scheme's own."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None or port == (443 if scheme == "https" else 80) else f"{shown}:{port}"

@@ -2,7 +2,8 @@
 every blob GET with a 307 to an nginx serving the registry's storage directory — what GHCR,
 Docker Hub, ECR, GAR and Quay do with object storage (docs/platform.md, "Registries in the
 field"). nginx logs every request with its ``Authorization`` header, so a test can prove no
-credential reached the storage host.
+credential reached the storage host; while :meth:`StorageHost.refusing` holds, it answers 403 to
+everything, as object storage answers a signed URL that has expired.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .registry import MissingToolError, free_port
@@ -37,7 +39,9 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
-        location / {{ }}
+        location / {{
+            if (-f {prefix}/refuse) {{ return 403; }}
+        }}
     }}
 }}
 """
@@ -74,6 +78,17 @@ class StorageHost:
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGQUIT)
+
+    @contextlib.contextmanager
+    def refusing(self) -> Iterator[None]:
+        """While inside: every request is answered 403 (the signed URLs "expired"); nginx checks
+        a marker file per request, so no reload is needed either way."""
+        marker = self.prefix / "refuse"
+        marker.touch()
+        try:
+            yield
+        finally:
+            marker.unlink()
 
     def requests(self) -> list[str]:
         """Every request nginx served so far, one line each (method, path, status, Range,
