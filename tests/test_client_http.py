@@ -6,11 +6,11 @@ import errno
 import json
 import os
 import resource
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from support.loopback import Loopback
+from support.loopback import Loopback, blob_transport, fast_reader  # noqa: F401 (autouse fixture)
 
 from ocifs.digest import Digest
 from ocifs.errors import (
@@ -24,7 +24,6 @@ from ocifs.errors import (
     RegistryUnavailable,
 )
 from ocifs.format.media import MEDIA_TYPE_MANIFEST as MEDIA_TYPE_MANIFEST
-from ocifs.registry.blobio import FastBlobReader
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
 from ocifs.registry.general import httpcore_patch_applies
@@ -33,30 +32,6 @@ from ocifs.retry import RetryPolicy, parse_retry_after
 BLOB = b"0123456789" * 100
 DIGEST = Digest.of_bytes(BLOB)
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
-
-
-#: Which transport carries blob bodies in this test: ``httpx`` (every byte on the MockTransport)
-#: or ``threaded`` (blob GETs and uploads through the threaded transport, served from the same
-#: handler over loopback sockets by :class:`Loopback`). Every test runs with both.
-_TRANSPORT: dict[str, str] = {}
-_LOOPBACKS: list[Loopback] = []
-
-
-@pytest.fixture(autouse=True, params=["httpx", "threaded"])
-def blob_transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    _TRANSPORT["mode"] = request.param
-    yield request.param
-    while _LOOPBACKS:
-        _LOOPBACKS.pop().close()
-
-
-def fast_reader(handler: Callable[[httpx.Request], httpx.Response]) -> FastBlobReader | None:
-    """The threaded transport's reader for ``handler`` in this test's mode (None: httpx only)."""
-    if _TRANSPORT.get("mode") != "threaded":
-        return None
-    loopback = Loopback(handler)
-    _LOOPBACKS.append(loopback)
-    return loopback.reader()
 
 
 def client_for(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> RegistryClient:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.loopback import Loopback
+from support.loopback import Loopback, blob_transport, fast_reader  # noqa: F401 (autouse fixture)
 from support.measured_cli import Run, run_measured
 
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, RegistryUnavailable
 from ocifs.format.media import MEDIA_TYPE_MANIFEST as MEDIA_TYPE_MANIFEST
-from ocifs.registry.blobio import FAST_PATH_MIN_BYTES, FastBlobReader
+from ocifs.registry.blobio import FAST_PATH_MIN_BYTES
 from ocifs.registry.bodies import MAX_TOKEN_RESPONSE_BYTES
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.credentials import Credentials
@@ -56,30 +56,6 @@ class Endless(httpx.AsyncByteStream):
         while self.pulled < OFFERED:
             self.pulled += len(self.piece)
             yield self.piece
-
-
-#: Which transport carries blob bodies in this test: ``httpx`` (every byte on the MockTransport)
-#: or ``threaded`` (blob GETs and uploads through the threaded transport, served from the same
-#: handler over loopback sockets by :class:`Loopback`). Every test runs with both.
-_TRANSPORT: dict[str, str] = {}
-_LOOPBACKS: list[Loopback] = []
-
-
-@pytest.fixture(autouse=True, params=["httpx", "threaded"])
-def blob_transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    _TRANSPORT["mode"] = request.param
-    yield request.param
-    while _LOOPBACKS:
-        _LOOPBACKS.pop().close()
-
-
-def fast_reader(handler: Callable[[httpx.Request], httpx.Response]) -> FastBlobReader | None:
-    """The threaded transport's reader for ``handler`` in this test's mode (None: httpx only)."""
-    if _TRANSPORT.get("mode") != "threaded":
-        return None
-    loopback = Loopback(handler)
-    _LOOPBACKS.append(loopback)
-    return loopback.reader()
 
 
 def client_for(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> RegistryClient:

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pytest
 
 from ocifs.registry.blobio import FastBlobReader, Origin
 
@@ -169,3 +170,30 @@ class _Connection(http.client.HTTPConnection):
             if cause is not None:
                 raise cause from None
             raise
+
+
+# -- both transports, every test ------------------------------------------------------------------
+
+#: Which transport carries blob bodies in the current test: ``httpx`` (every byte on the
+#: MockTransport) or ``threaded`` (blob GETs and uploads through the threaded transport, served
+#: from the same handler over loopback sockets by :class:`Loopback`).
+_MODE: dict[str, str] = {}
+_OPEN: list[Loopback] = []
+
+
+@pytest.fixture(autouse=True, params=["httpx", "threaded"])
+def blob_transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs every test of a module that imports it twice, once per blob transport."""
+    _MODE["mode"] = request.param
+    yield request.param
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def fast_reader(handler: Callable[[httpx.Request], httpx.Response]) -> FastBlobReader | None:
+    """The threaded transport's reader for ``handler`` in this test's mode (None: httpx only)."""
+    if _MODE.get("mode") != "threaded":
+        return None
+    loopback = Loopback(handler)
+    _OPEN.append(loopback)
+    return loopback.reader()
