@@ -26,7 +26,7 @@ from support.fault_proxy import FaultProxy, Record
 from support.layer_cap import LayerCapProxy
 from support.registry import RegistryServer
 
-from ocifs.commands import push
+from ocifs.commands import push, push_plan
 from ocifs.config import load_settings
 from ocifs.errors import ConfigError, UsageError
 from ocifs.format.media import (
@@ -108,7 +108,7 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     ],
 )
 def test_ecr_hosts_get_the_known_default(host: str) -> None:
-    budget = push.layer_budget(host, None, None)
+    budget = push_plan.layer_budget(host, None, None)
     assert budget.layers == 250
     assert "Amazon ECR" in budget.source
 
@@ -117,17 +117,17 @@ def test_ecr_hosts_get_the_known_default(host: str) -> None:
     "host", ["ghcr.io", "registry-1.docker.io", "public.ecr.aws", "ecr.example.com", "127.0.0.1:5000"]
 )
 def test_other_hosts_get_the_general_default(host: str) -> None:
-    assert push.layer_budget(host, None, None).layers == DEFAULT_LAYER_BUDGET
+    assert push_plan.layer_budget(host, None, None).layers == DEFAULT_LAYER_BUDGET
 
 
 def test_flag_beats_config_beats_known_default() -> None:
-    assert push.layer_budget(ECR, 400, 300) == push.LayerBudget(400, "--max-layers")
-    configured = push.layer_budget(ECR, None, 300)
+    assert push_plan.layer_budget(ECR, 400, 300) == push_plan.LayerBudget(400, "--max-layers")
+    configured = push_plan.layer_budget(ECR, None, 300)
     assert configured.layers == 300 and "config.toml" in configured.source
     with pytest.raises(UsageError, match=rf"outside 1\.\.{MAX_LAYERS}"):
-        push.layer_budget("ghcr.io", MAX_LAYERS + 1, None)
+        push_plan.layer_budget("ghcr.io", MAX_LAYERS + 1, None)
     with pytest.raises(UsageError, match=r"config\.toml"):
-        push.layer_budget("ghcr.io", None, MAX_LAYERS + 1)
+        push_plan.layer_budget("ghcr.io", None, MAX_LAYERS + 1)
 
 
 def test_config_file_registry_keys(tmp_path: Path) -> None:
@@ -151,17 +151,17 @@ def test_config_file_registry_keys(tmp_path: Path) -> None:
 def test_chunk_size_checks() -> None:
     sources = [push.SourceFile("f", Path("/dev/null"), 10 * MiB, 0)]
     with pytest.raises(UsageError, match="at least 1 byte"):
-        push.choose_chunk_size(sources, 0, 100)
+        push_plan.choose_chunk_size(sources, 0, 100)
     with pytest.raises(UsageError, match="above the largest chunk"):
-        push.choose_chunk_size(sources, MAX_CHUNK_SIZE + 1, 100)
+        push_plan.choose_chunk_size(sources, MAX_CHUNK_SIZE + 1, 100)
     with pytest.raises(UsageError, match=r"outside 1\.\.100000"):
-        push.choose_chunk_size(sources, MiB, MAX_LAYERS + 1)
+        push_plan.choose_chunk_size(sources, MiB, MAX_LAYERS + 1)
     # Pinned: kept as given, refused if it does not fit; not pinned: grown.
-    assert push.choose_chunk_size(sources, MiB, 6) == 2 * MiB
+    assert push_plan.choose_chunk_size(sources, MiB, 6) == 2 * MiB
     with pytest.raises(
         UsageError, match=r"11 layers, above the layer budget of 6 with 1048576-byte chunks.*--chunk-size"
     ):
-        push.choose_chunk_size(sources, MiB, 6, pinned=True)
+        push_plan.choose_chunk_size(sources, MiB, 6, pinned=True)
 
 
 # -- refused before a byte is sent ----------------------------------------------------------------

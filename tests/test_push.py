@@ -18,7 +18,7 @@ import pytest
 import trio
 from support.registry import RegistryServer
 
-from ocifs.commands import push
+from ocifs.commands import push, push_plan
 from ocifs.digest import Digest
 from ocifs.errors import NotFound, OcifsError, RegistryError, UsageError
 from ocifs.format.media import ANNOTATION_TITLE
@@ -327,12 +327,12 @@ def test_layer_budget_grows_the_chunk_size(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"")
     os.truncate(tmp_path / "f", 100 * CHUNK)
     sources = push.collect_sources([str(tmp_path / "f")])
-    assert push.choose_chunk_size(sources, CHUNK, max_layers=1000) == CHUNK
-    assert push.choose_chunk_size(sources, CHUNK, max_layers=30) == 4 * CHUNK
+    assert push_plan.choose_chunk_size(sources, CHUNK, max_layers=1000) == CHUNK
+    assert push_plan.choose_chunk_size(sources, CHUNK, max_layers=30) == 4 * CHUNK
     (tmp_path / "g").write_bytes(b"g")
     two = push.collect_sources([str(tmp_path / "f"), str(tmp_path / "g")])
     with pytest.raises(UsageError, match="max-layers"):
-        push.choose_chunk_size(two, CHUNK, max_layers=1)
+        push_plan.choose_chunk_size(two, CHUNK, max_layers=1)
 
 
 def test_cli_push_json_summary(shared_registry: RegistryServer, tmp_path: Path) -> None:

@@ -29,8 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,8 @@ from typing import Any
 import trio
 
 from ocifs.commands.progress import Progress
+from ocifs.commands.push_plan import choose_layout, count_chunks, layer_budget
+from ocifs.commands.push_sources import SourceFile, collect_sources
 from ocifs.digest import Digest
 from ocifs.errors import OcifsError, RegistryError, UsageError, collapse_groups
 from ocifs.format.build import build_artifact, build_chunk_index, config_descriptor, is_chunked
@@ -47,13 +47,9 @@ from ocifs.format.media import (
     DEFAULT_ARTIFACT_TYPE,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LAYER_BUDGET,
-    MAX_CHUNK_SIZE,
-    MAX_LAYERS,
     MEDIA_TYPE_MANIFEST,
 )
 from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, PlainFile
-from ocifs.format.paths import check_paths, validate_path
-from ocifs.format.plan import Layout, plan_chunk_size, plan_layout
 from ocifs.reference import Reference, parse_reference, parse_repository
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
@@ -67,70 +63,6 @@ DEFAULT_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 DEFAULT_MAX_LAYERS = DEFAULT_LAYER_BUDGET
 # Manifest PUTs retried after re-uploading blobs a garbage collection removed under the push.
 GC_RETRIES = 2
-
-
-@dataclass(frozen=True, slots=True)
-class KnownLimit:
-    """A layer cap of a registry recognisable by its host name, with the evidence for it."""
-
-    host: re.Pattern[str]
-    max_layers: int
-    registry: str
-
-
-# Amazon ECR documents no layers-per-image quota ("Amazon ECR service quotas",
-# https://docs.aws.amazon.com/AmazonECR/latest/userguide/service-quotas.html), yet refuses larger
-# manifests with "Limit on number of layers per image exceeded": users measured 500
-# (github.com/spinframework/spin/issues/1787, github.com/nuonco/nuon/pull/2348) and one hit it with
-# ~300 layers (github.com/openai/tart/issues/890). 250 stays below every report.
-KNOWN_LIMITS = (
-    KnownLimit(
-        re.compile(r"[0-9]{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?(:[0-9]+)?", re.IGNORECASE),
-        250,
-        "Amazon ECR",
-    ),
-)
-
-
-def known_limit(host: str) -> KnownLimit | None:
-    """The known layer cap of the registry at ``host`` (``name[:port]``), if it has one."""
-    return next((limit for limit in KNOWN_LIMITS if limit.host.fullmatch(host)), None)
-
-
-@dataclass(frozen=True, slots=True)
-class LayerBudget:
-    layers: int
-    source: str  # where the number came from, for messages
-
-
-def layer_budget(host: str, flag: int | None, configured: int | None) -> LayerBudget:
-    """The layer budget of a push to ``host``: ``--max-layers``, else the registry's
-    ``max_layers`` in config.toml, else a known cap (:data:`KNOWN_LIMITS`), else 10,000.
-    UsageError if it is above what an ocifs reader accepts."""
-    if flag is not None:
-        budget = LayerBudget(flag, "--max-layers")
-    elif configured is not None:
-        budget = LayerBudget(configured, f'max_layers of [registry."{host}"] in config.toml')
-    elif (known := known_limit(host)) is not None:
-        budget = LayerBudget(known.max_layers, f"the default for {known.registry}")
-    else:
-        budget = LayerBudget(DEFAULT_MAX_LAYERS, "the default")
-    if not 1 <= budget.layers <= MAX_LAYERS:
-        raise UsageError(
-            f"layer budget {budget.layers} ({budget.source}) is outside 1..{MAX_LAYERS}",
-            hint=f"ocifs readers refuse manifests of more than {MAX_LAYERS} layers",
-        )
-    return budget
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """A local file to push, named by its path inside the artifact."""
-
-    path: str
-    local: Path
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,137 +138,6 @@ class PushResult:
 # -- collecting the input ---------------------------------------------------------------------
 
 
-def collect_sources(paths: list[str]) -> list[SourceFile]:
-    """The files named by ``paths``: a file by its base name, a directory's files relative to it.
-
-    Symlinks, devices, sockets and FIFOs are refused (an artifact holds regular files only);
-    two inputs mapping to one artifact path are refused.
-    """
-    found: dict[str, SourceFile] = {}
-
-    def add(artifact_path: str, local: Path, st: os.stat_result) -> None:
-        try:
-            artifact_path = validate_path(artifact_path)
-        except OcifsError as exc:
-            raise UsageError(f"cannot push {local}: {exc}") from None
-        if artifact_path in found:
-            raise UsageError(
-                f"two inputs would both be {artifact_path!r} in the artifact ({found[artifact_path].local}, {local})"
-            )
-        found[artifact_path] = SourceFile(artifact_path, local, st.st_size, st.st_mtime_ns)
-
-    for raw in paths:
-        top = Path(raw)
-        st = _lstat(top)
-        if stat.S_ISLNK(st.st_mode):
-            raise UsageError(f"{top} is a symbolic link: push the file it points to instead")
-        if stat.S_ISREG(st.st_mode):
-            _check_readable(top)
-            add(top.name, top, st)
-        elif stat.S_ISDIR(st.st_mode):
-            for dirpath, dirnames, filenames in os.walk(top, onerror=_walk_error):
-                dirnames.sort()
-                for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
-                    local = Path(dirpath, name)
-                    lst = _lstat(local)
-                    if stat.S_ISLNK(lst.st_mode):
-                        raise UsageError(f"{local} is a symbolic link: artifacts hold regular files only")
-                    if not stat.S_ISREG(lst.st_mode):
-                        raise UsageError(f"{local} is not a regular file (device, socket or FIFO)")
-                    _check_readable(local)
-                    add(local.relative_to(top).as_posix(), local, lst)
-        else:
-            raise UsageError(f"{top} is not a regular file or directory")
-    if not found:
-        raise UsageError("nothing to push: the directories given contain no files")
-    check_paths(list(found))
-    return list(found.values())
-
-
-def _lstat(path: Path) -> os.stat_result:
-    try:
-        return path.lstat()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file or directory") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from exc
-
-
-def _check_readable(path: Path) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _walk_error(exc: OSError) -> None:
-    raise UsageError(f"cannot read directory {exc.filename}: {exc.strerror}")
-
-
-def _check_sizes(chunk_size: int, max_layers: int) -> None:
-    """The chunk size and layer budget a user may ask for (readers' limits, docs/spec.md §7)."""
-    if chunk_size < 1:
-        raise UsageError("--chunk-size must be at least 1 byte")
-    if chunk_size > MAX_CHUNK_SIZE:
-        raise UsageError(
-            f"--chunk-size {chunk_size} is above the largest chunk, {MAX_CHUNK_SIZE} bytes (1G)",
-            hint="readers bound their buffers by it",
-        )
-    if not 1 <= max_layers <= MAX_LAYERS:
-        raise UsageError(f"--max-layers {max_layers} is outside 1..{MAX_LAYERS}, what ocifs readers accept")
-
-
-def _refusal(exc: OcifsError, *, pinned: bool, budget_source: str, split: bool) -> UsageError:
-    """The one line for an artifact that cannot be laid out, before anything is sent."""
-    source = f" ({budget_source})" if budget_source else ""
-    remedy = "leave --chunk-size out (push grows it to fit) or give a larger one" if pinned else "push fewer files"
-    also = "" if split else " (without --single-manifest, push lays the artifact out over several manifests)"
-    return UsageError(
-        f"refused before upload: {exc.message}{source}",
-        hint=f"raise --max-layers (or max_layers in config.toml) if the registry allows more layers, or {remedy}"
-        + also,
-    )
-
-
-def choose_chunk_size(
-    files: list[SourceFile], chunk_size: int, max_layers: int, *, pinned: bool = False, budget_source: str = ""
-) -> int:
-    """The requested chunk size, doubled until the manifest fits the layer budget and 4 MiB
-    (kept as it is when ``pinned``). UsageError, before anything is sent, when it cannot fit."""
-    _check_sizes(chunk_size, max_layers)
-    try:
-        return plan_chunk_size(
-            [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
-        )
-    except OcifsError as exc:
-        raise _refusal(exc, pinned=pinned, budget_source=budget_source, split=False) from None
-
-
-def choose_layout(
-    files: list[SourceFile],
-    chunk_size: int,
-    max_layers: int,
-    *,
-    pinned: bool = False,
-    budget_source: str = "",
-    split: bool = True,
-) -> Layout:
-    """The chunk size and manifest count of a push: one manifest when it fits (the chunk size
-    grown up to 64 MiB unless ``pinned``), else the split layout of docs/spec.md §14. With
-    ``split=False`` exactly :func:`choose_chunk_size` (grown up to 1 GiB, else refused). UsageError,
-    before anything is sent, when even several manifests cannot hold the files."""
-    if not split:
-        return Layout(choose_chunk_size(files, chunk_size, max_layers, pinned=pinned, budget_source=budget_source), 1)
-    _check_sizes(chunk_size, max_layers)
-    try:
-        return plan_layout(
-            [(f.path, f.size) for f in files], chunk_size=chunk_size, layer_budget=max_layers, grow=not pinned
-        )
-    except OcifsError as exc:
-        raise _refusal(exc, pinned=pinned, budget_source=budget_source, split=True) from None
-
-
 def check_types(options: PushOptions) -> None:
     """artifactType and the config media type are well formed and allowed together (before upload)."""
     try:
@@ -351,11 +152,6 @@ def check_types(options: PushOptions) -> None:
             "--artifact-type none needs --config-media-type or --config",
             hint="image-spec requires artifactType when the config is the empty descriptor",
         )
-
-
-def count_chunks(files: list[SourceFile], chunk_size: int) -> int:
-    """Blobs the push will send for file content: one per chunk, one per plain file."""
-    return sum(-(-f.size // chunk_size) if is_chunked(f.size, chunk_size) else 1 for f in files)
 
 
 # -- the pipeline -----------------------------------------------------------------------------
