@@ -50,6 +50,7 @@ from ocifs.format.media import (
     MEDIA_TYPE_MANIFEST,
 )
 from ocifs.format.model import EMPTY_CONFIG_DATA, EMPTY_DESCRIPTOR, ChunkedEntry, ChunkRef, PlainFile
+from ocifs.format.plan import Layout
 from ocifs.reference import Reference, parse_reference, parse_repository
 from ocifs.registry.client import ClientOptions, RegistryClient
 from ocifs.registry.connect import connect
@@ -154,6 +155,20 @@ def check_types(options: PushOptions) -> None:
         )
 
 
+def plan_push(sources: list[SourceFile], options: PushOptions) -> Layout:
+    """Every limit of a push checked, and its layout decided, before a connection is opened or
+    a byte sent: the types, the chunk size, one manifest or several. UsageError otherwise."""
+    check_types(options)
+    return choose_layout(
+        sources,
+        options.chunk_size,
+        options.max_layers,
+        pinned=options.pin_chunk_size,
+        budget_source=options.budget_source,
+        split=options.split,
+    )
+
+
 # -- the pipeline -----------------------------------------------------------------------------
 
 
@@ -179,20 +194,14 @@ async def push(
     sources: list[SourceFile],
     options: PushOptions,
     progress: Progress | None = None,
+    layout: Layout | None = None,
 ) -> PushResult:
-    """Push ``sources`` as one artifact tagged ``ref``; returns what was done.
+    """Push ``sources`` as one artifact tagged ``ref``; returns what was done. ``layout`` is
+    :func:`plan_push`'s answer when the caller already has it (planned here otherwise).
 
     Raises :class:`OcifsError` on any failure, before any manifest is written.
     """
-    check_types(options)
-    layout = choose_layout(
-        sources,
-        options.chunk_size,
-        options.max_layers,
-        pinned=options.pin_chunk_size,
-        budget_source=options.budget_source,
-        split=options.split,
-    )
+    layout = layout or plan_push(sources, options)
     chunk_size = layout.chunk_size
     if chunk_size != options.chunk_size:
         log.info("chunk size raised to %d MiB to stay within %d layers", chunk_size >> 20, options.max_layers)
@@ -570,24 +579,15 @@ def run_push(args: argparse.Namespace, client_options: ClientOptions) -> int:
         budget_source=f"layer budget from {budget.source}",
         split=not getattr(args, "single_manifest", False),
     )
-    # Every limit is checked here, before a connection is opened or a byte sent.
-    check_types(options)
-    chunk_size = choose_layout(
-        sources,
-        options.chunk_size,
-        options.max_layers,
-        pinned=options.pin_chunk_size,
-        budget_source=options.budget_source,
-        split=options.split,
-    ).chunk_size
+    layout = plan_push(sources, options)  # before a connection is opened or a byte sent
     total = sum(s.size for s in sources)
     mode = "off" if args.json else Progress.choose_mode(args.quiet)
 
     async def go() -> PushResult:
         async with connect(ref.registry, client_options, repository=ref.repository) as client:
             with Progress(f"push {ref.repository}", total, 0, mode) as progress:
-                progress.total_chunks = count_chunks(sources, chunk_size)
-                return await push(client, ref, sources, options, progress)
+                progress.total_chunks = count_chunks(sources, layout.chunk_size)
+                return await push(client, ref, sources, options, progress, layout)
 
     result = trio.run(go)
     if args.json:
