@@ -43,6 +43,7 @@ for dictionary-sized work, never across I/O; the façade's counters have one mor
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -124,13 +125,10 @@ class CacheCounters:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheStats:
-    """A snapshot of the cache: what is on disk now, plus this process's counters.
-
-    ``entries``/``bytes`` come from a scan of the directory (all processes' chunks);
-    the counters count only this :class:`ChunkCache` object's operations since it was created.
-    ``degraded`` names the conditions (e.g. ``"ENOSPC"``) that currently keep chunks out.
-    """
+class CacheStats(CacheCounters):
+    """A snapshot of the cache: what is on disk now, plus this process's counters (those of
+    :class:`CacheCounters`). ``entries``/``bytes`` come from a scan of the directory (all
+    processes' chunks); the counters count only this :class:`ChunkCache` object's operations."""
 
     root: Path
     entries: int
@@ -140,15 +138,6 @@ class CacheStats:
     memory_bytes: int
     memory_used: int
     memory_entries: int
-    memory_hits: int
-    disk_hits: int
-    misses: int
-    puts: int
-    evictions: int
-    rejected: int
-    put_failures: int
-    read_errors: int
-    degraded: tuple[str, ...]
 
 
 class ChunkCache:
@@ -435,9 +424,9 @@ class ChunkCache:
             listing = self.disk.scan()
         except OSError as exc:
             raise _cache_error("read", self.root, exc) from exc
-        counters = self.counters()
         memory_used, memory_entries = self.memory.usage()
         return CacheStats(
+            **dataclasses.asdict(self.counters()),
             root=self.root,
             entries=len(listing.entries),
             bytes=listing.bytes,
@@ -446,15 +435,6 @@ class ChunkCache:
             memory_bytes=self.memory_bytes,
             memory_used=memory_used,
             memory_entries=memory_entries,
-            memory_hits=counters.memory_hits,
-            disk_hits=counters.disk_hits,
-            misses=counters.misses,
-            puts=counters.puts,
-            evictions=counters.evictions,
-            rejected=counters.rejected,
-            put_failures=counters.put_failures,
-            read_errors=counters.read_errors,
-            degraded=counters.degraded,
         )
 
     def prune(self, max_size: int | None = None) -> PruneResult:
