@@ -149,9 +149,14 @@ def _open_log_file(path: str | None) -> int | None:
     if path is None:
         return None
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return _append_to(path)
     except OSError as exc:
         raise UsageError(f"cannot open log file {path}: {exc.strerror}") from None
+
+
+def _append_to(path: str) -> int:
+    """The daemon's log file opened for appending (created 0640): at start and on SIGHUP."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 
 class _Readiness:
@@ -378,7 +383,7 @@ def reopen_log_file(path: str | None) -> None:
         log.info("SIGHUP received: no log file to reopen (the mount goes on)")
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = _append_to(path)
     except OSError as exc:
         log.warning("SIGHUP received: cannot reopen log file %s (%s); still writing to the old one",
                     path, exc.strerror)  # fmt: skip
